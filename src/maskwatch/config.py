@@ -1,0 +1,164 @@
+"""Settings in one place: defaults < config file (TOML) < MASKWATCH_* environment variables.
+
+Nested fields use `__` in environment variables, e.g. `MASKWATCH_SMTP__HOST=mail.example.org`.
+
+Example:
+    >>> s = Settings()
+    >>> s.detector.backend in ("yunet", "res10")
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+YUNET_URL = (
+    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+    "face_detection_yunet_2023mar.onnx"
+)
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("MASKWATCH_DATA_DIR") or platformdirs.user_data_dir("maskwatch"))
+
+
+def default_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("maskwatch"))
+
+
+class DetectorSettings(BaseModel):
+    backend: Literal["auto", "yunet", "res10"] = "auto"  # auto: YuNet when available, else res10
+    yunet_path: Path | None = None  # a local YuNet ONNX; else cached download
+    yunet_url: str = YUNET_URL
+    yunet_sha256: str = YUNET_SHA256
+    allow_download: bool = True
+    score_threshold: float = Field(0.6, ge=0.05, le=0.99)
+    min_face_px: int = Field(16, ge=8)
+
+
+class ModelSettings(BaseModel):
+    model_dir: Path | None = None  # None: the bundled defaults in maskwatch/models
+    uncertain_threshold: float | None = Field(None, ge=0.5, le=1.0)  # None: the model card's value
+    reclassify_every: int = Field(10, ge=1)  # frames between re-classifying a stable track
+
+
+class CameraSettings(BaseModel):
+    name: str
+    source: str  # camera index ("0"), video file path, or rtsp/http URL
+    enabled: bool = True
+    quiet_hours: str | None = None  # "22:00-06:00": no alerts from this camera in that window
+
+
+class SmtpSettings(BaseModel):
+    host: str | None = None  # None: emails stay in the outbox, viewable in the app
+    port: int = 587
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+    sender: str = "maskwatch@localhost"
+    recipients: list[str] = []
+    timeout_s: float = 10.0
+
+
+class AlertSettings(BaseModel):
+    enabled: bool = True
+    min_frames: int = Field(5, ge=1)
+    min_seconds: float = Field(1.0, ge=0)
+    min_confidence: float = Field(0.8, ge=0.5, le=1.0)
+    cooldown_s: float = Field(300, ge=0)
+    digest_minutes: float = Field(0, ge=0)  # 0: one email per alert
+    max_emails_per_hour: int = Field(30, ge=1)
+    base_url: str = "http://127.0.0.1:8000"  # used for links in emails
+
+
+class PrivacySettings(BaseModel):
+    gender_enabled: bool = True
+    blur_snapshots: bool = False
+    retention_days: int = Field(30, ge=1)
+
+
+class WebSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    secret_key: str | None = None  # None: generated once and kept in the data directory
+    max_upload_mb: int = Field(25, ge=1)
+    browser_webcam: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MASKWATCH_", env_nested_delimiter="__", extra="forbid", toml_file=None
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None  # None: SQLite file in data_dir
+    detector: DetectorSettings = DetectorSettings()
+    models: ModelSettings = ModelSettings()
+    cameras: list[CameraSettings] = []
+    smtp: SmtpSettings = SmtpSettings()
+    alerts: AlertSettings = AlertSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    web: WebSettings = WebSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(v).expanduser()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'maskwatch.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides) -> Settings:
+    """Settings from defaults, an optional TOML file (or $MASKWATCH_CONFIG), the environment."""
+    path = config_file or os.environ.get("MASKWATCH_CONFIG")
+    if path is None:
+        return Settings(**overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    return Settings.model_validate(_FromFile(**overrides).model_dump())
+
+
+def apply_overrides(settings: Settings, overrides: dict) -> Settings:
+    """Settings with `overrides` (a nested dict, e.g. from the web settings page) deep-merged on top."""
+
+    def merge(base: dict, extra: dict) -> dict:
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    return Settings.model_validate(merge(settings.model_dump(), overrides))
