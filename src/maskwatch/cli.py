@@ -10,6 +10,9 @@ import click
 # (module, command names): subcommands are defined beside the code they drive.
 COMMAND_MODULES: list[tuple[str, tuple[str, ...]]] = [
     ("maskwatch.vision.cli", ("detect", "bench")),
+    ("maskwatch.alerts.cli", ("alerts", "events", "users")),
+    ("maskwatch.web.cli", ("serve",)),
+    ("maskwatch.train.cli", ("train", "prepare", "evaluate")),
 ]
 
 

@@ -11,6 +11,8 @@ Example:
 from __future__ import annotations
 
 import os
+import re
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Literal
 
@@ -54,11 +56,37 @@ class ModelSettings(BaseModel):
     reclassify_every: int = Field(10, ge=1)  # frames between re-classifying a stable track
 
 
+QUIET_HOURS_RE = re.compile(r"([01]?\d|2[0-3]):[0-5]\d\s*-\s*([01]?\d|2[0-3]):[0-5]\d")
+
+
 class CameraSettings(BaseModel):
     name: str
     source: str  # camera index ("0"), video file path, or rtsp/http URL
     enabled: bool = True
     quiet_hours: str | None = None  # "22:00-06:00": no alerts from this camera in that window
+    # (local time; several windows: "12:00-13:00, 22:00-06:00")
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _check_quiet_hours(cls, v: str | None) -> str | None:
+        for part in (v or "").split(","):
+            if part.strip() and not QUIET_HOURS_RE.fullmatch(part.strip()):
+                raise ValueError(f"quiet hours must look like '22:00-06:00', got {part.strip()!r}")
+        return v or None
+
+
+_EMAIL_RE = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*$")
+
+
+def check_email_address(value: str) -> str:
+    """`value` stripped if it is an address ("a@example.org" or "Name <a@example.org>"), else ValueError."""
+    value = value.strip()
+    _name, addr = parseaddr(value)
+    bare = "<" not in value
+    matches = addr == value if bare else value.endswith(f"<{addr}>")
+    if not _EMAIL_RE.match(addr) or not matches:
+        raise ValueError(f"not a valid email address: {value!r}")
+    return value
 
 
 class SmtpSettings(BaseModel):
@@ -70,6 +98,22 @@ class SmtpSettings(BaseModel):
     sender: str = "maskwatch@localhost"
     recipients: list[str] = []
     timeout_s: float = 10.0
+    ca_file: Path | None = None  # extra CA certificate(s) to trust, e.g. a self-signed server certificate
+    retry_initial_s: float = Field(30.0, gt=0)  # outbox retry backoff: doubles per attempt ...
+    retry_max_s: float = Field(3600.0, gt=0)  # ... up to this
+    max_attempts: int = Field(8, ge=1)  # then the message is marked failed
+
+    @field_validator("sender")
+    @classmethod
+    def _check_sender(cls, v: str) -> str:
+        return check_email_address(v)
+
+    @field_validator("recipients", mode="before")
+    @classmethod
+    def _check_recipients(cls, v):
+        if isinstance(v, str):  # "a@x.org, b@y.org" from an environment variable or a form
+            v = [part for part in v.split(",") if part.strip()]
+        return [check_email_address(str(a)) for a in v]
 
 
 class AlertSettings(BaseModel):
@@ -80,6 +124,8 @@ class AlertSettings(BaseModel):
     cooldown_s: float = Field(300, ge=0)
     digest_minutes: float = Field(0, ge=0)  # 0: one email per alert
     max_emails_per_hour: int = Field(30, ge=1)
+    reentry_radius: float = Field(2.0, ge=0)  # in face widths: a new track starting this close to where
+    # an alerted person left (same camera, within cooldown_s) is taken as that person; 0 disables
     base_url: str = "http://127.0.0.1:8000"  # used for links in emails
 
 
@@ -158,7 +204,8 @@ def apply_overrides(settings: Settings, overrides: dict) -> Settings:
     def merge(base: dict, extra: dict) -> dict:
         out = dict(base)
         for key, value in extra.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+            nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = merge(out[key], value) if nested else value
         return out
 
     return Settings.model_validate(merge(settings.model_dump(), overrides))

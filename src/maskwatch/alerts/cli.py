@@ -1,0 +1,267 @@
+"""CLI: `maskwatch alerts ...`, `maskwatch events ...`, `maskwatch users ...`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from maskwatch.config import apply_overrides, load_settings
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="MASKWATCH_CONFIG",
+    help="TOML config file (default: $MASKWATCH_CONFIG).",
+)
+
+
+def _open(config_file: Path | None):
+    """Settings (file + environment + the app's settings page) and the store."""
+    from maskwatch.store import Store, StoreError
+
+    try:
+        settings = load_settings(config_file)
+        store = Store.from_settings(settings)
+        overrides = store.get_setting_overrides()
+        if overrides:
+            settings = apply_overrides(settings, overrides)
+    except (StoreError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    return settings, store
+
+
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    t = datetime.fromisoformat(value)
+    return t.replace(tzinfo=t.tzinfo or datetime.now().astimezone().tzinfo).astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------------- alerts
+
+
+@click.group()
+def alerts() -> None:
+    """Alert emails: test the SMTP settings, look at the outbox, simulate load."""
+
+
+@alerts.command("test-email")
+@click.option("--to", "to", help="Recipient (default: smtp.recipients).")
+@config_option
+def test_email(to: str | None, config_file: Path | None) -> None:
+    """Send one test email now with the configured SMTP settings."""
+    from maskwatch.alerts.mail import MailError, send_test_email
+    from maskwatch.config import check_email_address
+
+    settings, store = _open(config_file)
+    store.close()
+    try:
+        if to:
+            check_email_address(to)
+        send_test_email(settings, to)
+    except (MailError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"test email sent to {to or ', '.join(settings.smtp.recipients)} via {settings.smtp.host}")
+
+
+@alerts.command("outbox")
+@click.option("--status", type=click.Choice(["queued", "sending", "sent", "failed"]))
+@click.option("--limit", default=20, show_default=True)
+@config_option
+def outbox(status: str | None, limit: int, config_file: Path | None) -> None:
+    """List the mail outbox, newest first."""
+    _, store = _open(config_file)
+    messages, total = store.list_outbox(status=status, limit=limit)
+    store.close()
+    for m in messages:
+        err = f"  error: {m.last_error}" if m.last_error else ""
+        click.echo(
+            f"{m.id:5d} {m.created:%Y-%m-%d %H:%M:%S} {m.status:8s} tries={m.attempts} {m.subject}{err}"
+        )
+    click.echo(f"{total} message(s)")
+
+
+@alerts.command("send")
+@config_option
+def send(config_file: Path | None) -> None:
+    """Send the queued emails that are due, once, and exit."""
+    from maskwatch.alerts.mail import MailWorker
+
+    settings, store = _open(config_file)
+    worker = MailWorker(settings, store)
+    n = worker.send_pending_once()
+    store.close()
+    click.echo(f"{n} email(s) sent")
+    if worker.health["mail_error"]:
+        raise click.ClickException(worker.health["mail_error"])
+
+
+@alerts.command("simulate")
+@click.option("--people", default=50, show_default=True)
+@click.option("--sightings", default=10_000, show_default=True)
+@click.option("--minutes", default=10.0, show_default=True, help="Video time.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--cap", default=10_000, show_default=True, help="max_emails_per_hour for the run.")
+@click.option(
+    "--outage/--no-outage",
+    default=True,
+    show_default=True,
+    help="Kill the SMTP server from 30% to 60% of the run.",
+)
+@click.option(
+    "--restart/--no-restart",
+    default=True,
+    show_default=True,
+    help="Replace the store and mail worker halfway (a restart of the mail side).",
+)
+@click.option(
+    "--video",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also measure frame time alerts off vs on on this video (needs --yunet).",
+)
+@click.option("--yunet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--frames", default=200, show_default=True, help="Frames per pass for the frame-time bench.")
+def simulate(people, sightings, minutes, seed, cap, outage, restart, video, yunet, frames) -> None:
+    """Simulated no-mask sightings through the real alert path and a local SMTP server (needs aiosmtpd):
+    expected emails vs received, lost, duplicates. Prints JSON."""
+    from maskwatch.alerts.simulate import bench_frame_time, simulate_sightings
+
+    out = simulate_sightings(
+        people=people,
+        sightings=sightings,
+        seconds=minutes * 60,
+        seed=seed,
+        max_emails_per_hour=cap,
+        outage=(0.3, 0.6) if outage else None,
+        restart_at=0.5 if restart else None,
+    )
+    if video:
+        if not yunet:
+            raise click.UsageError("--video needs --yunet PATH (the YuNet ONNX file)")
+        out = {"sightings": out, "frame_time": bench_frame_time(video, yunet, frames=frames)}
+    click.echo(json.dumps(out, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------- events
+
+
+@click.group()
+def events() -> None:
+    """Alert events: export, retention."""
+
+
+@events.command("export")
+@click.option(
+    "--csv",
+    "csv_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output CSV file ('-' for standard output).",
+)
+@click.option("--camera")
+@click.option("--since", help="ISO date/time (local unless it has an offset).")
+@click.option("--until", help="ISO date/time (local unless it has an offset).")
+@config_option
+def export(csv_file: Path, camera, since, until, config_file: Path | None) -> None:
+    """Export alert events to CSV (oldest first)."""
+    settings, store = _open(config_file)
+    fields = [
+        "id",
+        "time",
+        "camera",
+        "track_id",
+        "mask_label",
+        "mask_confidence",
+        "gender_label",
+        "gender_confidence",
+        "snapshot",
+        "mail_status",
+    ]
+    out = sys.stdout if str(csv_file) == "-" else open(csv_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
+    n = 0
+    try:
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        for ev in store.iter_events(camera=camera, since=_when(since), until=_when(until)):
+            row = ev.to_dict()
+            if not settings.privacy.gender_enabled:
+                row["gender_label"] = row["gender_confidence"] = None
+            writer.writerow({k: row[k] for k in fields})
+            n += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        store.close()
+    if out is not sys.stdout:
+        click.echo(f"{n} event(s) written to {csv_file}", err=True)
+
+
+@events.command("purge")
+@click.option("--days", type=int, help="Keep this many days (default: privacy.retention_days).")
+@config_option
+def purge(days: int | None, config_file: Path | None) -> None:
+    """Delete events (and their snapshots), statistics and sent emails older than the retention."""
+    settings, store = _open(config_file)
+    n = store.purge_older_than(days or settings.privacy.retention_days)
+    store.close()
+    click.echo(f"{n} event(s) deleted")
+
+
+# ----------------------------------------------------------------------------------------------- users
+
+
+@click.group()
+def users() -> None:
+    """Users of the web app."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@config_option
+def add_user(name: str, password_stdin: bool, config_file: Path | None) -> None:
+    """Add a user (or set a new password for an existing one)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    _, store = _open(config_file)
+    try:
+        store.add_user(name, password)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+    click.echo(f"user {name} saved")
+
+
+@users.command("list")
+@config_option
+def list_users(config_file: Path | None) -> None:
+    """List users."""
+    _, store = _open(config_file)
+    for name in store.list_users():
+        click.echo(name)
+    store.close()
+
+
+@users.command("token")
+@click.argument("name")
+@click.option("--label", default="", help="What the token is for.")
+@config_option
+def token(name: str, label: str, config_file: Path | None) -> None:
+    """Create an API token for a user (shown once; only its hash is stored)."""
+    _, store = _open(config_file)
+    try:
+        click.echo(store.create_token(name, label))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()

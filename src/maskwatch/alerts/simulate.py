@@ -1,0 +1,461 @@
+"""Load simulation and measurements for the alert path (used by `maskwatch alerts simulate` and tests).
+
+- `SmtpSink`: a real SMTP server on 127.0.0.1 (aiosmtpd, a development dependency) that keeps what it
+  receives; optional AUTH and STARTTLS / SSL.
+- `simulate_sightings`: N people walking in and out of a camera without masks for a stretch of video
+  time; checks every expected alert arrives by email exactly once, through an SMTP outage and a restart.
+- `video_results`: real frames of a video with YuNet detections and an IoU tracker, every face labelled
+  with one given mask label (for clips whose ground truth is known, e.g. a no-mask clip).
+- `bench_frame_time`: video-loop frame time with alerts off vs on over the same frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import numpy as np
+
+from maskwatch.config import Settings
+from maskwatch.types import Attribute, Face, FrameResult
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SmtpSink:
+    """A real SMTP server on 127.0.0.1 keeping received messages in `.messages`.
+
+    `users` {name: password} turns on AUTH; `tls` = (certfile, keyfile) with `mode` "starttls" or "ssl"
+    (with "ssl", AUTH is offered without the STARTTLS check: aiosmtpd does not see implicit TLS).
+    """
+
+    def __init__(
+        self, port: int | None = None, *, users: dict[str, str] | None = None, tls=None, mode="none"
+    ):
+        self.port = port or free_port()
+        self.users = users
+        self.tls, self.mode = tls, mode
+        self.messages: list[EmailMessage] = []
+        self.drop_after_data = 0  # close the connection after receiving this many next messages
+        self.reject: set[str] = set()  # recipient addresses answered with 550
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self._controller = None
+        self._lock = threading.Lock()
+
+    def start(self) -> SmtpSink:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+
+        sink = self
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                if address in sink.reject:
+                    return "550 5.1.1 no such user"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server, session, envelope):
+                msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
+                with sink._lock:
+                    sink.messages.append(msg)
+                    sink.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+                    drop = sink.drop_after_data > 0
+                    sink.drop_after_data -= drop
+                if drop:  # kept the message but the client never hears "250": the duplicate trap
+                    server.transport.close()
+                    return "421 closing"
+                return "250 OK"
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            ok = (
+                sink.users is not None
+                and hasattr(auth_data, "login")
+                and sink.users.get(auth_data.login.decode()) == auth_data.password.decode()
+            )
+            return AuthResult(success=ok, handled=False)
+
+        kwargs: dict = {}
+        if self.users is not None:
+            kwargs.update(
+                authenticator=authenticator, auth_required=True, auth_require_tls=self.mode == "starttls"
+            )
+        if self.tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*self.tls)
+            if self.mode == "ssl":
+                kwargs["ssl_context"] = ctx
+            else:
+                kwargs.update(tls_context=ctx, require_starttls=True)
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **kwargs)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.messages) >= n:
+                return True
+            time.sleep(0.02)
+        return len(self.messages) >= n
+
+    def __enter__(self) -> SmtpSink:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------- sightings simulation
+
+
+@dataclass
+class _Visit:
+    person: int
+    start: int  # frame index
+    frames: int
+    track_id: int
+
+
+def _schedule(people: int, sightings: int, seconds: float, fps: float, rng: random.Random) -> list[_Visit]:
+    """Visits (2-5 per person, >= 1 s apart) totalling exactly `sightings` no-mask frames."""
+    n_frames, gap = int(seconds * fps), int(fps)
+    visits, track = [], 0
+    for p in range(people):
+        total = sightings // people + (1 if p < sightings % people else 0)
+        k = rng.randint(2, 5)
+        cuts = sorted(rng.sample(range(1, total), k - 1))
+        lengths = [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+        free = n_frames - total - k * gap
+        offsets = sorted(rng.randint(0, free) for _ in range(k))
+        done = 0
+        for j, (length, off) in enumerate(zip(lengths, offsets, strict=True)):
+            track += 1
+            visits.append(_Visit(p, off + done + j * gap, length, track))
+            done += length
+    return visits
+
+
+def _expected_alerts(visits: list[_Visit], fps: float, s) -> dict[int, int]:
+    """Reference: per visit (track id) whether it alerts, from the true identity of people."""
+    need = max(s.min_frames, int(np.ceil(s.min_seconds * fps - 1e-9)) + 1)
+    last: dict[int, float] = {}
+    alerts = {}
+    for v in sorted(visits, key=lambda v: v.start):
+        count = 0
+        for i in range(need - 1, v.frames):
+            t = (v.start + i) / fps
+            if last.get(v.person) is None or t - last[v.person] >= s.cooldown_s - 1e-6:
+                last[v.person] = t
+                count += 1
+        alerts[v.track_id] = count
+    return alerts
+
+
+def simulate_sightings(
+    *,
+    people: int = 50,
+    sightings: int = 10_000,
+    seconds: float = 600.0,
+    fps: float = 10.0,
+    seed: int = 1,
+    max_emails_per_hour: int = 10_000,
+    outage: tuple[float, float] | None = (0.3, 0.6),
+    restart_at: float | None = 0.5,
+    workdir: Path | None = None,
+) -> dict:
+    """Run the alert engine over simulated no-mask sightings and deliver through a real SMTP server.
+
+    `outage` (fractions of the run) stops the SMTP server for that stretch; `restart_at` replaces the
+    Store and MailWorker by new ones on the same database at that point (a restart). Returns figures."""
+    from maskwatch.alerts.engine import AlertEngine
+    from maskwatch.alerts.mail import MailWorker
+    from maskwatch.store import Store
+
+    rng = random.Random(seed)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="maskwatch-sim-"))
+    sink = SmtpSink().start()
+    settings = Settings(
+        data_dir=workdir,
+        smtp={
+            "host": "127.0.0.1",
+            "port": sink.port,
+            "security": "none",
+            "recipients": ["admin@example.org"],
+            "retry_initial_s": 0.05,
+            "retry_max_s": 0.2,
+            "max_attempts": 1000,
+        },
+        alerts={"max_emails_per_hour": max_emails_per_hour},
+    )
+    visits = _schedule(people, sightings, seconds, fps, rng)
+    expected = _expected_alerts(visits, fps, settings.alerts)
+    by_frame: dict[int, list[tuple[_Visit, int]]] = {}
+    for v in visits:
+        for i in range(v.frames):
+            by_frame.setdefault(v.start + i, []).append((v, i))
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    cols = 10
+
+    def box(p: int) -> tuple[float, float, float, float]:
+        x, y = 40 + (p % cols) * 124, 40 + (p // cols) * 130
+        return (x, y, x + 60, y + 70)
+
+    t0 = time.time()
+    clock_t = [t0]
+    store = Store.from_settings(settings)
+    engine = AlertEngine(settings, store, clock=lambda: clock_t[0])
+    worker = MailWorker(settings, store, poll_s=0.05)
+    worker.start()
+    n_frames = int(seconds * fps)
+    observe_ms, seen = [], 0
+    phases = {"outage": False, "restarted": False}
+    for fi in range(n_frames):
+        frac = fi / n_frames
+        if outage and not phases["outage"] and frac >= outage[0]:
+            sink.stop()
+            phases["outage"] = True
+        if outage and phases["outage"] and sink._controller is None and frac >= outage[1]:
+            sink.start()
+        if restart_at is not None and not phases["restarted"] and frac >= restart_at:
+            engine.stop()
+            worker.stop()
+            store.close()
+            store = Store.from_settings(settings)
+            rules = engine.rules  # the video loop goes on: keep who is on screen (new store and mailer)
+            engine = AlertEngine(settings, store, clock=lambda: clock_t[0])
+            engine.rules = rules
+            worker = MailWorker(settings, store, poll_s=0.05)
+            worker.start()
+            phases["restarted"] = True
+        clock_t[0] = t0 + fi / fps
+        faces = []
+        for v, _i in by_frame.get(fi, ()):
+            conf = 0.85 + 0.14 * rng.random()
+            gender = Attribute("man" if v.person % 2 else "woman", 0.9)
+            faces.append(
+                Face(
+                    box=box(v.person),
+                    score=0.9,
+                    track_id=v.track_id,
+                    mask=Attribute("no_mask", conf),
+                    gender=gender,
+                )
+            )
+        seen += len(faces)
+        result = FrameResult(
+            source="sim", frame_index=fi, timestamp=fi / fps, faces=tuple(faces), frame_size=(1280, 720)
+        )
+        a = time.perf_counter()
+        engine.observe("sim-door", result, frame)
+        observe_ms.append((time.perf_counter() - a) * 1000)
+    if sink._controller is None:
+        sink.start()
+    engine.flush(timeout=60)
+    n_expected = sum(expected.values())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        worker.wake()
+        if store.list_outbox(status="queued")[1] == 0 and store.list_outbox(status="sending")[1] == 0:
+            break
+        time.sleep(0.05)
+    worker.stop()
+    events, n_events = store.list_events(limit=1_000_000)
+    outbox, _ = store.list_outbox(limit=1_000_000)
+    engine.stop()
+    store.close()
+    sink.stop()
+
+    received: Counter = Counter()
+    for msg in sink.messages:
+        for eid in (msg["X-Maskwatch-Events"] or "").split(","):
+            if eid:
+                received[int(eid)] += 1
+    event_track = {e.id: e.track_id for e in events}
+    alerted_tracks = Counter(e.track_id for e in events)
+    capped = [e for e in events if e.mail_status == "capped"]
+    mailed_events = [e for e in events if e.mail_status != "capped"]
+    lost_events = [e.id for e in mailed_events if received[e.id] == 0]
+    duplicate_emails = sum(c - 1 for c in received.values() if c > 1)
+    wrong = sum(abs(alerted_tracks[t] - n) for t, n in expected.items())
+    return {
+        "people": people,
+        "sightings": seen,
+        "video_seconds": seconds,
+        "fps": fps,
+        "cooldown_s": settings.alerts.cooldown_s,
+        "max_emails_per_hour": max_emails_per_hour,
+        "expected_alerts": n_expected,
+        "events_stored": n_events,
+        "events_capped": len(capped),
+        "emails_expected": len(mailed_events),
+        "emails_received": len(sink.messages),
+        "events_not_matching_reference": wrong,
+        "lost": len(lost_events) + max(0, n_expected - n_events),
+        "duplicates": duplicate_emails + sum(1 for i in received if i not in event_track),
+        "outbox": dict(Counter(m.status for m in outbox)),
+        "delivery_attempts": sum(m.attempts for m in outbox),
+        "failed_errors": [m.last_error for m in outbox if m.status == "failed"],
+        "smtp_outage": outage is not None,
+        "restart": restart_at is not None,
+        "observe_ms_p50": round(float(np.percentile(observe_ms, 50)), 3),
+        "observe_ms_p95": round(float(np.percentile(observe_ms, 95)), 3),
+        "observe_ms_max": round(float(np.max(observe_ms)), 3),
+    }
+
+
+# -------------------------------------------------------------------------------------- real video
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class YunetTracker:
+    """YuNet faces + a greedy IoU tracker; every face gets the one given mask label (a stand-in for the
+    classifier on clips whose ground truth is known)."""
+
+    def __init__(
+        self, yunet: Path, *, mask: Attribute = Attribute("no_mask", 0.95), score_threshold: float = 0.6
+    ):
+        self.yunet, self.mask, self.score_threshold = yunet, mask, score_threshold
+        self._det = None
+        self._size = None
+        self._tracks: dict[int, tuple[float, ...]] = {}
+        self._next_id = 1
+
+    def process(self, frame: np.ndarray, index: int, timestamp: float, source: str = "") -> FrameResult:
+        import cv2
+
+        a = time.perf_counter()
+        h, w = frame.shape[:2]
+        if self._det is None or self._size != (w, h):
+            self._det = cv2.FaceDetectorYN.create(str(self.yunet), "", (w, h), self.score_threshold, 0.3, 50)
+            self._size = (w, h)
+        _, raw = self._det.detect(frame)
+        faces, new_tracks = [], {}
+        for row in raw if raw is not None else []:
+            x, y, bw, bh = (float(v) for v in row[:4])
+            b = (max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h))
+            if b[2] <= b[0] or b[3] <= b[1]:
+                continue
+            best = max(self._tracks.items(), key=lambda kv: _iou(kv[1], b), default=None)
+            if best is not None and _iou(best[1], b) > 0.3 and best[0] not in new_tracks:
+                tid = best[0]
+            else:
+                tid, self._next_id = self._next_id, self._next_id + 1
+            new_tracks[tid] = b
+            faces.append(Face(box=b, score=float(row[-1]), track_id=tid, mask=self.mask))
+        self._tracks = new_tracks
+        ms = (time.perf_counter() - a) * 1000
+        return FrameResult(
+            source=source,
+            frame_index=index,
+            timestamp=timestamp,
+            faces=tuple(faces),
+            timings_ms={"detect": ms},
+            frame_size=(w, h),
+        )
+
+
+def read_frames(video: Path, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise FileNotFoundError(f"cannot open video {video}")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = []
+    while max_frames is None or len(frames) < max_frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames, fps
+
+
+def video_results(
+    video: Path, yunet: Path, *, mask: Attribute = Attribute("no_mask", 0.95), max_frames: int | None = None
+) -> Iterator[tuple[np.ndarray, FrameResult, float]]:
+    """(frame, result, detect_ms) for real frames of `video` (see YunetTracker)."""
+    frames, fps = read_frames(video, max_frames)
+    tracker = YunetTracker(yunet, mask=mask)
+    for i, frame in enumerate(frames):
+        r = tracker.process(frame, i, i / fps, str(video))
+        yield frame, r, r.timings_ms["detect"]
+
+
+def bench_frame_time(
+    video: Path, yunet: Path, *, frames: int = 200, rounds: int = 2, workdir: Path | None = None
+):
+    """Video-loop frame time with alerts off vs on, paired: each decoded frame goes through the loop body
+    once without the engine (detect + track) and once with it (detect + track + observe), back to back, so
+    both see the same load. `rounds` passes over the clip. Returns figures in ms."""
+    from maskwatch.alerts.engine import AlertEngine
+    from maskwatch.store import Store
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="maskwatch-bench-"))
+    clip, fps = read_frames(video, frames)
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    observe: list[float] = []
+    n_events = 0
+    for r in range(rounds):
+        settings = Settings(data_dir=workdir / f"r{r}")
+        store = Store.from_settings(settings)
+        engine = AlertEngine(settings, store)
+        off, on = YunetTracker(yunet), YunetTracker(yunet)
+        for i, frame in enumerate(clip):
+            a = time.perf_counter()
+            off.process(frame, i, i / fps, "bench")
+            times["off"].append((time.perf_counter() - a) * 1000)
+            a = time.perf_counter()
+            result = on.process(frame, i, i / fps, "bench")
+            b = time.perf_counter()
+            n_events += len(engine.observe("bench", result, frame))
+            c = time.perf_counter()
+            times["on"].append((c - a) * 1000)
+            observe.append((c - b) * 1000)
+        engine.stop()
+        store.close()
+    p95 = {m: float(np.percentile(v, 95)) for m, v in times.items()}
+    return {
+        "video": Path(video).name,
+        "frames_per_pass": len(clip),
+        "rounds": rounds,
+        "alert_events": n_events,
+        "frame_ms_p95_off": round(p95["off"], 2),
+        "frame_ms_p95_on": round(p95["on"], 2),
+        "ratio_p95_on_off": round(p95["on"] / p95["off"], 3),
+        "frame_ms_p50_off": round(float(np.percentile(times["off"], 50)), 2),
+        "frame_ms_p50_on": round(float(np.percentile(times["on"], 50)), 2),
+        "observe_ms_p50": round(float(np.percentile(observe, 50)), 3),
+        "observe_ms_p95": round(float(np.percentile(observe, 95)), 3),
+        "observe_ms_max": round(float(np.max(observe)), 3),
+    }

@@ -1,0 +1,435 @@
+"""`maskwatch train | prepare | evaluate`. torch is imported inside the command bodies only.
+
+Also runnable without the rest of the app (e.g. on a training machine):
+`python -m maskwatch.train.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# public origin and license of the datasets the defaults are trained on (see ../shared/data/README.md)
+SOURCES = {
+    "facemask12k": (
+        "Kaggle 'Face Mask 12K Images Dataset' (ashishjangra27)",
+        "MIT (GitHub mirror); Kaggle terms apply",
+    ),
+    "fm12k": (
+        "Kaggle 'Face Mask 12K Images Dataset' (ashishjangra27)",
+        "MIT (GitHub mirror); Kaggle terms apply",
+    ),
+    "chandrika": ("GitHub chandrikadeb7/Face-Mask-Detection dataset/", "MIT"),
+    "utkface": ("UTKFace", "non-commercial research use only"),
+    "balajisrinivas": ("GitHub balajisrinivas/Gender-Detection gender_dataset_face/", "none stated"),
+}
+THRESHOLD_TARGETS = {"mask": 0.99, "gender": 0.97}
+
+
+def _source_info(path: str) -> dict:
+    low = path.lower()
+    for key, (origin, lic) in SOURCES.items():
+        if key in low:
+            return {"source": origin, "license": lic}
+    return {"source": "local folder", "license": "unknown"}
+
+
+def _heads_for(task: str) -> tuple[str, ...]:
+    return ("mask", "gender") if task == "attributes" else (task,)
+
+
+def run_training(
+    task: str,
+    data_dirs: list[str],
+    val_dirs: list[str],
+    arch: str,
+    out: str | Path,
+    *,
+    size: int | None = None,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float | None = None,
+    patience: int = 5,
+    synthetic_mask: float | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    limit_per_class: int | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    onnx_name: str | None = None,
+    workers: int = 8,
+    progress: bool = True,
+    command: str | None = None,
+    pretrained: bool = True,
+    export_onnx: bool = True,
+    time_budget_s: float | None = None,
+    occlusion: float | None = None,
+) -> dict:
+    """Train, export ONNX + model card + plots into `out`. Returns the card."""
+    import torch
+
+    from maskwatch.train import data as D
+    from maskwatch.train import export, report
+    from maskwatch.train.evaluate import fairness_report
+    from maskwatch.train.loop import TrainConfig, make_split, predict_split, resolve_device, train
+    from maskwatch.train.nets import DEFAULT_SIZE, build, count_params, normalization
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    heads = _heads_for(task)
+    size = size or DEFAULT_SIZE[arch]
+    load_size = size if size <= 128 else 112
+    if synthetic_mask is None:
+        synthetic_mask = 0.4 if "gender" in heads and arch == "mnv2-attr" else 0.0
+    default_lr = {
+        "seed-gender-cnn": 1e-3,
+        "seed-mask-cnn": 1e-3,
+        "seed-mobilenetv2": 1e-3,
+        "mnv2-attr": 1e-3,
+    }[arch]
+    cfg = TrainConfig(
+        arch=arch,
+        heads=heads,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr or default_lr,
+        patience=patience,
+        seed=seed,
+        device=device,
+        synthetic_mask=synthetic_mask,
+        max_steps_per_epoch=max_steps,
+        num_workers=workers,
+        pretrained=pretrained,
+        time_budget_s=time_budget_s,
+        occlusion_p=(0.25 if arch == "mnv2-attr" and "mask" in heads else 0.0)
+        if occlusion is None
+        else occlusion,
+    )
+    # load data; split each task's data 80/20 unless a validation folder of that task is given
+    train_sets, val_sets, data_card = [], [], []
+    vals = [D.load_folder(v, load_size, workers=workers) for v in val_dirs]
+    val_tasks = {v.task for v in vals}
+    for d in data_dirs:
+        s = D.load_folder(d, load_size, limit_per_class=limit_per_class, seed=seed, workers=workers)
+        if s.task not in heads and not (s.task == "gender" and "mask" in heads and task == "attributes"):
+            raise click.UsageError(f"{d} holds {s.task} classes; task {task} takes {heads}")
+        if s.task in val_tasks:
+            tr, va = s, None
+        else:
+            ti, vi = D.stratified_split(s.labels, 0.2, seed)
+            tr, va = s.subset(ti), s.subset(vi)
+        train_sets.append(tr)
+        if va is not None:
+            val_sets.append(va)
+        counts = {lab: int(sum(1 for x in s.labels if x == lab)) for lab in sorted(set(s.labels))}
+        data_card.append(
+            {
+                "path": str(d),
+                "task": s.task,
+                "counts": counts,
+                "skipped_unreadable": s.skipped,
+                "train": len(tr),
+                "val": 0 if va is None else len(va),
+                **_source_info(str(d)),
+            }
+        )
+    for v in vals:
+        val_sets.append(v)
+        data_card.append(
+            {
+                "path": v.root,
+                "task": v.task,
+                "role": "validation",
+                "n": len(v.labels),
+                "skipped_unreadable": v.skipped,
+                **_source_info(v.root),
+            }
+        )
+    tr_split = make_split(train_sets, heads, cfg.gender_faces_unmasked)
+    va_split = make_split(val_sets, heads, cfg.gender_faces_unmasked)
+    log.warning(
+        "train %d samples, val %d samples, heads %s, arch %s, size %d",
+        len(tr_split),
+        len(va_split),
+        heads,
+        arch,
+        size,
+    )
+
+    model = build(arch, heads, pretrained=pretrained)
+    history = train(model, tr_split, va_split, cfg, out, resume=resume, progress=progress)
+    history["parameters"] = {"trainable": count_params(model), "total": count_params(model, False)}
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    report.plot_history(history, out / "curves.png")
+
+    # calibration, confusion matrices and fairness on validation (the best epoch's weights)
+    device = resolve_device(device)
+    mean, std = normalization(arch)
+    mt = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    st = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    probs = predict_split(model, va_split, cfg, device, mt, st)
+    thresholds, metrics, fairness = {}, {"validation": {}}, {}
+    for hi, h in enumerate(heads):
+        y = va_split.labels[:, hi]
+        known = y >= 0
+        # calibrate on the head's own task data (for the mask head: mask sets, not gender sets)
+        own = known & np.array([val_sets[i].task == h for i in va_split.source])
+        sel = own if own.any() else known
+        p, yk = probs[h][sel], y[sel]
+        cal = export.calibrate_threshold(p, yk, THRESHOLD_TARGETS[h])
+        thresholds[h] = cal["threshold"]
+        labels = list(D.TASK_LABELS[h])
+        cm = report.confusion(yk, p.argmax(1), 2)
+        report.plot_confusion(cm, labels, out / f"confusion_{h}.png", f"{h} (validation, n={len(yk)})")
+        metrics["validation"][h] = {
+            "n": int(len(yk)),
+            "accuracy": float((p.argmax(1) == yk).mean()),
+            "balanced_accuracy": float(np.mean([(p[yk == c].argmax(1) == c).mean() for c in np.unique(yk)])),
+            "confusion": cm.tolist(),
+            "calibration": cal,
+        }
+        if h == "gender":
+            files = [
+                val_sets[si].files[j]
+                for si, j in zip(va_split.source, _positions(va_split.source), strict=True)
+            ]
+            fr = fairness_report([files[i] for i in np.flatnonzero(sel)], yk, p)
+            if fr:
+                fairness = {"gender": {"set": "UTKFace validation split", **fr}}
+    onnx_name = onnx_name or ("attributes.onnx" if task == "attributes" else f"{task}.onnx")
+    model.cpu().eval()
+    if export_onnx:
+        export.export_onnx(model, out / onnx_name, size)
+    metrics["parameters"] = history["parameters"]
+    metrics["best_epoch"] = history.get("best_epoch")
+    card = export.make_card(
+        name=name or f"maskwatch-{arch}-{size}",
+        onnx_file=onnx_name,
+        arch=arch,
+        size=size,
+        mean=mean,
+        std=std,
+        heads=heads,
+        thresholds=thresholds,
+        data={
+            "train": data_card,
+            "synthetic_mask_probability": synthetic_mask,
+            "gender_sets_teach_no_mask": "mask" in heads and "gender" in heads,
+        },
+        metrics=metrics,
+        fairness=fairness,
+        command=command or "maskwatch " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    export.write_card(card, out / onnx_name.replace(".onnx", ".json"))
+    return card
+
+
+def _positions(source: np.ndarray) -> list[int]:
+    """Position of each sample inside its own source set (samples are concatenated in order)."""
+    pos, seen = [], {}
+    for s in source:
+        pos.append(seen.get(int(s), 0))
+        seen[int(s)] = pos[-1] + 1
+    return pos
+
+
+@click.command("train")
+@click.argument("task", type=click.Choice(["mask", "gender", "attributes"]))
+@click.option(
+    "--data",
+    "data_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of class subfolders (repeatable). For `attributes`, mask and gender folders together.",
+)
+@click.option(
+    "--val",
+    "val_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Validation folder (repeatable); else a stratified 80/20 split with a fixed seed.",
+)
+@click.option(
+    "--arch",
+    default="mnv2-attr",
+    show_default=True,
+    type=click.Choice(["mnv2-attr", "seed-gender-cnn", "seed-mask-cnn", "seed-mobilenetv2"]),
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder (ONNX, card, plots, history).",
+)
+@click.option("--size", type=int, default=None, help="Input size (default: the arch's).")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=None)
+@click.option("--patience", type=int, default=5, show_default=True, help="Early stopping patience (epochs).")
+@click.option(
+    "--synthetic-mask", type=float, default=None, help="Probability of drawing a mask on an unmasked face."
+)
+@click.option("--occlusion", type=float, default=None, help="Probability of hiding part of an unmasked face.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--limit-per-class", type=int, default=None, help="Use at most N images per class and folder.")
+@click.option("--max-steps", type=int, default=None, help="At most N batches per epoch.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", default=None, help="Model name in the card.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option(
+    "--workers", type=int, default=8, show_default=True, help="Threads for image loading/augmentation."
+)
+@click.option("--no-pretrained", is_flag=True, help="Do not load ImageNet weights.")
+@click.option("--no-progress", is_flag=True)
+@click.option("--no-export", is_flag=True, help="Skip the ONNX export (the card is still written).")
+@click.option("--time-budget", type=float, default=None, help="Seconds: start no epoch that would end later.")
+def train(
+    task,
+    data_dirs,
+    val_dirs,
+    arch,
+    out,
+    size,
+    epochs,
+    batch_size,
+    lr,
+    patience,
+    synthetic_mask,
+    occlusion,
+    device,
+    resume,
+    limit_per_class,
+    max_steps,
+    seed,
+    name,
+    threads,
+    workers,
+    no_pretrained,
+    no_progress,
+    no_export,
+    time_budget,
+):
+    """Train a TASK model (mask, gender, or both heads: attributes) from folders of labeled images.
+
+    Writes ONNX + model card, history JSON, loss/accuracy curves and confusion matrices into OUT.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    card = run_training(
+        task,
+        list(data_dirs),
+        list(val_dirs),
+        arch,
+        out,
+        size=size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        synthetic_mask=synthetic_mask,
+        occlusion=occlusion,
+        device=device,
+        resume=resume,
+        limit_per_class=limit_per_class,
+        max_steps=max_steps,
+        seed=seed,
+        name=name,
+        progress=not no_progress,
+        workers=workers,
+        pretrained=not no_pretrained,
+        export_onnx=not no_export,
+        time_budget_s=time_budget,
+    )
+    click.echo(
+        json.dumps(
+            {
+                "out": str(out),
+                "onnx": card["onnx"],
+                "metrics": {
+                    k: {kk: vv for kk, vv in v.items() if kk != "confusion"}
+                    for k, v in card["metrics"]["validation"].items()
+                },
+            },
+            indent=1,
+        )
+    )
+
+
+@click.command("prepare")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--size", type=int, default=112, show_default=True, help="Crop side in pixels.")
+@click.option(
+    "--margin",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Box margin per side (the card's crop.margin).",
+)
+@click.option("--yunet", type=click.Path(exists=True, dir_okay=False), default=None, help="YuNet ONNX file.")
+@click.option("--score", type=float, default=0.5, show_default=True, help="Detector score threshold.")
+@click.option(
+    "--no-fallback",
+    is_flag=True,
+    help="Skip images without a face (default: treat the image as a tight crop).",
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+def prepare(src, out, size, margin, yunet, score, no_fallback, json_out):
+    """Detect faces in the class folders of SRC and write face crops (the model card's crop rule) to OUT.
+
+    Reports images with no face or several faces (the largest face is kept).
+    """
+    from maskwatch.train.data import prepare as _prepare
+
+    rep = _prepare(
+        src,
+        out,
+        size=size,
+        margin=margin,
+        yunet_path=Path(yunet) if yunet else None,
+        score_threshold=score,
+        fallback_whole=not no_fallback,
+    )
+    short = {k: v for k, v in rep.items() if not k.endswith("_files")}
+    if json_out:
+        Path(json_out).write_text(json.dumps(rep, indent=1))
+    click.echo(json.dumps(short, indent=1))
+    for key in ("no_face_files", "several_faces_files", "unreadable_files"):
+        for f in rep[key][:20]:
+            click.echo(f"{key[:-6]}: {f}", err=True)
+        if len(rep[key]) > 20:
+            click.echo(f"{key[:-6]}: ... {len(rep[key]) - 20} more (see {out}/prepare.json)", err=True)
+
+
+from maskwatch.train.evaluate import evaluate  # noqa: E402  (a click group; torch-free)
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True)
+def cli(verbose: int) -> None:
+    """maskwatch training commands (standalone entry point)."""
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+cli.add_command(train)
+cli.add_command(prepare)
+cli.add_command(evaluate)
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,432 @@
+"""Folder datasets, the face-crop rule shared with the runtime, and `prepare` (detect + crop raw photos).
+
+A dataset is a folder of class subfolders. Folder names are mapped to canonical labels:
+`with_mask`/`mask` -> `mask`, `without_mask`/`no_mask` -> `no_mask`, `man`/`male` -> `man`,
+`woman`/`female` -> `woman`.
+
+Example:
+    >>> canonical_label("with_mask"), canonical_label("Female")
+    ('mask', 'woman')
+    >>> task_of_labels({"mask", "no_mask"})
+    'mask'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TASK_LABELS: dict[str, tuple[str, ...]] = {"mask": ("mask", "no_mask"), "gender": ("man", "woman")}
+ALIASES = {
+    "with_mask": "mask",
+    "mask": "mask",
+    "masked": "mask",
+    "without_mask": "no_mask",
+    "no_mask": "no_mask",
+    "nomask": "no_mask",
+    "unmasked": "no_mask",
+    "mask_weared_incorrect": "no_mask",
+    "man": "man",
+    "male": "man",
+    "men": "man",
+    "woman": "woman",
+    "female": "woman",
+    "women": "woman",
+}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+LANDMARKS_FILE = "landmarks.json"
+
+# Where the 5 YuNet landmarks fall, on average, inside a crop made with margin 0.2 / square, in units of
+# the crop side (measured on UTKFace). Used when a crop has no landmarks of its own (synthetic masks).
+DEFAULT_LANDMARKS = np.array(
+    [[0.355, 0.415], [0.645, 0.415], [0.5, 0.56], [0.385, 0.69], [0.615, 0.69]], dtype=np.float32
+)
+
+
+def canonical_label(name: str) -> str | None:
+    return ALIASES.get(name.strip().lower())
+
+
+def task_of_labels(labels: Iterable[str]) -> str:
+    labels = set(labels)
+    for task, names in TASK_LABELS.items():
+        if labels and labels <= set(names):
+            return task
+    raise ValueError(f"labels {sorted(labels)} match no task ({TASK_LABELS})")
+
+
+def list_images(root: str | Path) -> list[tuple[Path, str]]:
+    """(path, canonical label) for every image in the class subfolders of `root`, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    items: list[tuple[Path, str]] = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = canonical_label(sub.name)
+        if label is None:
+            log.warning("skipping folder %s: not a known class name", sub)
+            continue
+        items += [(p, label) for p in sorted(sub.rglob("*")) if p.suffix.lower() in IMAGE_EXTS]
+    if not items:
+        raise ValueError(f"no images in class subfolders of {root}")
+    return items
+
+
+def dataset_task(root: str | Path) -> str:
+    return task_of_labels({label for _, label in list_images(root)})
+
+
+def stratified_split(
+    labels: Sequence[str], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): `val_fraction` of each class goes to validation, reproducibly."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    train, val = [], []
+    for lab in sorted(set(labels.tolist())):
+        idx = np.flatnonzero(labels == lab)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+# ----------------------------------------------------------------------------------------- crop rule
+def crop_square(
+    box: Sequence[float], margin: float = 0.2, square: bool = True
+) -> tuple[float, float, float, float]:
+    """The region the card's `box` rule crops: `box` grown by `margin` of its size per side, made square."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    w2, h2 = w * (1 + 2 * margin), h * (1 + 2 * margin)
+    if square:
+        w2 = h2 = max(w2, h2)
+    return cx - w2 / 2, cy - h2 / 2, cx + w2 / 2, cy + h2 / 2
+
+
+def crop_transform(box: Sequence[float], size: int, margin: float = 0.2, square: bool = True) -> np.ndarray:
+    """2x3 affine matrix mapping frame pixels to crop pixels (for `cv2.warpAffine` and landmarks)."""
+    x1, y1, x2, y2 = crop_square(box, margin, square)
+    sx, sy = size / (x2 - x1), size / (y2 - y1)
+    # pixel centres: crop pixel i covers frame [x1 + i/sx, x1 + (i+1)/sx)
+    return np.array(
+        [[sx, 0, -x1 * sx + 0.5 * sx - 0.5], [0, sy, -y1 * sy + 0.5 * sy - 0.5]], dtype=np.float64
+    )
+
+
+def crop_face(
+    image: np.ndarray, box: Sequence[float], size: int, margin: float = 0.2, square: bool = True
+) -> np.ndarray:
+    """The card's `box` crop rule, exactly as the runtime does it (`maskwatch.vision.geometry`): grow by
+    `margin`, make square, pad with edge pixels, resize to `size` x `size`."""
+    from maskwatch.vision.geometry import crop_resize
+
+    return crop_resize(image, crop_square(box, margin, square), (size, size))
+
+
+def landmarks_in_crop(
+    landmarks: np.ndarray, box: Sequence[float], size: int, margin: float = 0.2, square: bool = True
+) -> np.ndarray:
+    """Landmarks (5x2 frame pixels) in crop pixels of `crop_face(..., box, size, margin, square)`."""
+    x1, y1, x2, y2 = crop_square(box, margin, square)
+    pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+    return np.stack([(pts[:, 0] - x1) * size / (x2 - x1), (pts[:, 1] - y1) * size / (y2 - y1)], 1)
+
+
+# ------------------------------------------------------------------------------------------ detection
+@dataclass
+class Detection:
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray | None = None  # 5x2
+
+    @property
+    def area(self) -> float:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+
+@dataclass
+class FaceFinder:
+    """Faces in an image: the app's detector when `maskwatch.vision` is installed, else YuNet directly.
+
+    `prepare_mode` upscales small images and pads them with a black border first, so that tight face
+    crops (faces touching the image border) are found too.
+    """
+
+    yunet_path: Path | None = None
+    score_threshold: float = 0.6
+    backend: str = "yunet"
+    prepare_mode: bool = False
+    _impl: object = field(default=None, init=False, repr=False)
+
+    def _yunet(self):
+        if self._impl is None:
+            path = self.yunet_path or default_yunet_path()
+            if path is None:
+                raise FileNotFoundError("no YuNet model: pass --yunet PATH")
+            self._impl = cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold, 0.3, 5000)
+        return self._impl
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        h, w = image.shape[:2]
+        scale, pad = 1.0, 0
+        img = image
+        if self.prepare_mode:
+            if max(h, w) < 160:
+                scale = 160 / max(h, w)
+                img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+            pad = max(img.shape[:2]) // 2 if max(h, w) <= 256 else 0
+            if pad:
+                img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        if self.backend != "yunet" and not self.prepare_mode:
+            return self._app_detect(img)
+        det = self._yunet()
+        det.setInputSize((img.shape[1], img.shape[0]))
+        _, faces = det.detect(img)
+        out = []
+        for f in [] if faces is None else faces:
+            x, y, fw, fh = (float(v) for v in f[:4])
+            lm = (f[4:14].reshape(5, 2).astype(np.float64) - pad) / scale
+            box = ((x - pad) / scale, (y - pad) / scale, (x + fw - pad) / scale, (y + fh - pad) / scale)
+            # clipped to the image, as the runtime detector does
+            box = (max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(w)), min(box[3], float(h)))
+            if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+                continue
+            out.append(Detection(box, float(f[14]), lm))
+        return out
+
+    def _app_detect(self, img: np.ndarray) -> list[Detection]:
+        if self._impl is None:
+            from maskwatch.config import DetectorSettings
+            from maskwatch.vision.detect import create_detector
+
+            self._impl = create_detector(
+                DetectorSettings(
+                    backend=self.backend, yunet_path=self.yunet_path, score_threshold=self.score_threshold
+                )
+            )
+        return [
+            Detection(f.box, f.score, None if f.landmarks is None else np.asarray(f.landmarks))
+            for f in self._impl.detect(img)
+        ]
+
+
+def default_yunet_path() -> Path | None:
+    """A local YuNet file: $MASKWATCH_YUNET, ../shared/models next to the checkout, or the app's cache."""
+    import os
+
+    cands = []
+    if os.environ.get("MASKWATCH_YUNET"):
+        cands.append(Path(os.environ["MASKWATCH_YUNET"]))
+    root = Path(__file__).resolve().parents[3]
+    cands += [
+        root.parent / "shared" / "models" / "face_detection_yunet.onnx",
+        Path("../shared/models/face_detection_yunet.onnx"),
+    ]
+    for c in cands:
+        if c.is_file():
+            return c
+    return None
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """BGR uint8 image, or None (with a warning) when the file is unreadable."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except Exception:  # noqa: BLE001 - any decoder failure means "corrupt"
+        img = None
+    if img is None or img.size == 0:
+        log.warning("skipping unreadable image %s", path)
+        return None
+    return img
+
+
+# -------------------------------------------------------------------------------------------- prepare
+# Median YuNet box relative to a tight face crop (facemask12k), used when no face is found in a crop.
+TIGHT_CROP_BOX = (0.08, -0.02, 0.90, 0.98)
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    *,
+    size: int = 112,
+    margin: float = 0.2,
+    yunet_path: Path | None = None,
+    score_threshold: float = 0.5,
+    fallback_whole: bool = True,
+    fallback_max_side: int = 256,
+    quality: int = 92,
+    progress: bool = True,
+) -> dict:
+    """Detect the face in every image of the class folders of `src`; write card-rule crops to `out`.
+
+    The largest face is kept. Images with no face are listed (and, when `fallback_whole`, cropped as if
+    the whole image were a tight face crop, for images up to `fallback_max_side` px: crops, not photos);
+    images with several faces are listed. Landmarks of each
+    crop (crop pixels) go to `out/landmarks.json` for synthetic masks; a summary to `out/prepare.json`.
+    """
+    src, out = Path(src), Path(out)
+    items = list_images(src)
+    finder = FaceFinder(yunet_path=yunet_path, score_threshold=score_threshold, prepare_mode=True)
+    landmarks: dict[str, list] = {}
+    no_face, several, unreadable, fallback = [], [], [], []
+    written = 0
+    it: Iterable = items
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(items, desc=f"prepare {src.name}", unit="img")
+    for path, _label in it:
+        img = read_image(path)
+        rel = f"{path.parent.name}/{path.stem}.jpg"
+        if img is None:
+            unreadable.append(str(path))
+            continue
+        dets = finder.detect(img)
+        h, w = img.shape[:2]
+        if len(dets) > 1:
+            several.append(str(path))
+        if dets:
+            d = max(dets, key=lambda d: d.area)
+            box, lm = d.box, d.landmarks
+        else:
+            no_face.append(str(path))
+            if not fallback_whole or max(h, w) > fallback_max_side:
+                continue
+            fallback.append(str(path))
+            box = (TIGHT_CROP_BOX[0] * w, TIGHT_CROP_BOX[1] * h, TIGHT_CROP_BOX[2] * w, TIGHT_CROP_BOX[3] * h)
+            lm = None
+        crop = crop_face(img, box, size, margin, True)
+        dst = out / path.parent.name / f"{path.stem}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(dst), crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        written += 1
+        if lm is not None:
+            landmarks[rel] = np.round(landmarks_in_crop(lm, box, size, margin, True), 1).tolist()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LANDMARKS_FILE).write_text(json.dumps({"size": size, "landmarks": landmarks}))
+    report = {
+        "src": str(src),
+        "out": str(out),
+        "images": len(items),
+        "written": written,
+        "crop": {"rule": "box", "margin": margin, "square": True, "size": size},
+        "no_face": len(no_face),
+        "several_faces": len(several),
+        "unreadable": len(unreadable),
+        "fallback_whole_image": len(fallback),
+        "no_face_files": no_face,
+        "several_faces_files": several,
+        "unreadable_files": unreadable,
+    }
+    (out / "prepare.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+# --------------------------------------------------------------------------------------- loading sets
+@dataclass
+class ImageSet:
+    """Images in memory: `images` (N, S, S, 3) uint8 RGB, `labels` (canonical names), landmarks (N,5,2)
+    in units of the side (NaN where unknown), source file names."""
+
+    images: np.ndarray
+    labels: list[str]
+    landmarks: np.ndarray
+    files: list[str]
+    skipped: int = 0
+    root: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def task(self) -> str:
+        return task_of_labels(set(self.labels))
+
+    def subset(self, idx: np.ndarray) -> ImageSet:
+        return ImageSet(
+            self.images[idx],
+            [self.labels[i] for i in idx],
+            self.landmarks[idx],
+            [self.files[i] for i in idx],
+            0,
+            self.root,
+        )
+
+
+def load_folder(
+    root: str | Path, size: int, *, limit_per_class: int | None = None, seed: int = 0, workers: int = 4
+) -> ImageSet:
+    """Load a class-folder dataset resized to `size` (RGB). Corrupt images are skipped with a warning
+    and counted in `skipped`. Landmarks come from `landmarks.json` when `prepare` wrote one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = Path(root)
+    items = list_images(root)
+    if limit_per_class:
+        rng = np.random.default_rng(seed)
+        keep = []
+        for lab in sorted({lab for _, lab in items}):
+            idx = [i for i, (_, la) in enumerate(items) if la == lab]
+            rng.shuffle(idx)
+            keep += idx[:limit_per_class]
+        items = [items[i] for i in sorted(keep)]
+    lm_map: dict = {}
+    lm_size = 1.0
+    lm_file = root / LANDMARKS_FILE
+    if lm_file.is_file():
+        meta = json.loads(lm_file.read_text())
+        lm_map, lm_size = meta.get("landmarks", {}), float(meta.get("size", 1))
+
+    def load(p: Path) -> np.ndarray | None:
+        img = read_image(p)
+        if img is None:
+            return None
+        if img.shape[0] != size or img.shape[1] != size:
+            interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
+            img = cv2.resize(img, (size, size), interpolation=interp)
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    with ThreadPoolExecutor(workers) as ex:
+        loaded = list(ex.map(load, [p for p, _ in items]))
+    imgs, labels, lms, files = [], [], [], []
+    skipped = 0
+    for (p, lab), img in zip(items, loaded, strict=True):
+        if img is None:
+            skipped += 1
+            continue
+        imgs.append(img)
+        labels.append(lab)
+        key = f"{p.parent.name}/{p.stem}.jpg"
+        lm = lm_map.get(key)
+        lms.append(
+            np.asarray(lm, np.float32) / lm_size if lm is not None else np.full((5, 2), np.nan, np.float32)
+        )
+        files.append(str(p))
+    if skipped:
+        log.warning("%s: skipped %d unreadable image(s)", root, skipped)
+    if not imgs:
+        raise ValueError(f"no readable images in {root}")
+    return ImageSet(np.stack(imgs), labels, np.stack(lms), files, skipped, str(root))
+
+
+def utkface_meta(filename: str) -> dict | None:
+    """Age, gender, race from a UTKFace file name `AGE_GENDER_RACE_DATE.jpg`, or None."""
+    parts = Path(filename).name.split("_")
+    try:
+        age, gender, race = int(parts[0]), int(parts[1]), int(parts[2])
+    except (ValueError, IndexError):
+        return None
+    return {"age": age, "gender": gender, "race": race}

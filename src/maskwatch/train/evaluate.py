@@ -1,0 +1,555 @@
+"""`maskwatch evaluate crops | faces | scenes`: accuracy of attribute models, the way the app runs them.
+
+Models are model directories (or single model cards) loaded by the runtime's `AttributeClassifier`, so the
+crop rule, normalization and labels come from the cards, exactly as in `detect`/`serve`. `faces` and
+`scenes` run the runtime detector too. Every command prints and (with `--json`) writes a JSON object with
+`n`, `accuracy`, `balanced_accuracy`, `per_class` {label: {n, recall}} and `no_face`.
+
+Example:
+    >>> m = metrics(["mask", "no_mask", "mask"], ["mask", "mask", "mask"], ("mask", "no_mask"))
+    >>> m["accuracy"], m["per_class"]["no_mask"]["recall"]
+    (0.6667, 0.0)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from maskwatch.train.data import TASK_LABELS, FaceFinder, list_images, read_image, utkface_meta
+
+log = logging.getLogger(__name__)
+
+AGE_BANDS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
+RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
+SIZE_BINS = ((0, 16, "<16"), (16, 32, "16-32"), (32, 64, "32-64"), (64, 1e9, ">=64"))
+NO_FACE = "no_face"
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def metrics(
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    labels: Sequence[str],
+    uncertain: Sequence[bool] | None = None,
+) -> dict:
+    """Accuracy, balanced accuracy and per-class recall. A prediction of `no_face` counts as wrong."""
+    y_true, y_pred = list(y_true), list(y_pred)
+    n = len(y_true)
+    correct = [t == p for t, p in zip(y_true, y_pred, strict=True)]
+    per_class = {}
+    for lab in labels:
+        idx = [i for i, t in enumerate(y_true) if t == lab]
+        per_class[lab] = {"n": len(idx), "recall": _r(np.mean([correct[i] for i in idx])) if idx else None}
+    recalls = [v["recall"] for v in per_class.values() if v["recall"] is not None]
+    out = {
+        "n": n,
+        "accuracy": _r(np.mean(correct)) if n else None,
+        "balanced_accuracy": _r(np.mean(recalls)) if recalls else None,
+        "per_class": per_class,
+        "no_face": sum(p == NO_FACE for p in y_pred),
+    }
+    if uncertain is not None and n:
+        unc = np.asarray(uncertain, bool)
+        out["uncertain"] = int(unc.sum())
+        keep = ~unc
+        out["accuracy_when_certain"] = _r(np.mean(np.asarray(correct)[keep])) if keep.any() else None
+    return out
+
+
+def fairness_report(
+    files: Sequence[str], y_true: np.ndarray, probs: np.ndarray, min_n: int = 30
+) -> dict | None:
+    """Gender accuracy by UTKFace age band and race (from file names); None when names do not parse.
+
+    `y_true` are class indices into ("man", "woman"); `probs` (N, 2). The gap is between the best and the
+    worst group with at least `min_n` faces.
+    """
+    metas = [utkface_meta(f) for f in files]
+    ok = [i for i, m in enumerate(metas) if m is not None]
+    if len(ok) < max(10, 0.5 * len(files)):
+        return None
+    correct = probs.argmax(1) == np.asarray(y_true)
+    out: dict = {"n": len(ok), "accuracy": _r(correct[ok].mean())}
+    for key, groups in (
+        ("age", [(lo, hi, name) for lo, hi, name in AGE_BANDS]),
+        ("race", [(r, r, name) for r, name in RACES.items()]),
+    ):
+        table = {}
+        for lo, hi, name in groups:
+            idx = [i for i in ok if lo <= metas[i]["age" if key == "age" else "race"] <= hi]
+            if idx:
+                table[name] = {"n": len(idx), "accuracy": _r(correct[idx].mean())}
+        big = {k: v for k, v in table.items() if v["n"] >= min_n}
+        gap = None
+        if len(big) >= 2:
+            best = max(big, key=lambda k: big[k]["accuracy"])
+            worst = min(big, key=lambda k: big[k]["accuracy"])
+            gap = {"gap": _r(big[best]["accuracy"] - big[worst]["accuracy"]), "best": best, "worst": worst}
+        out[f"by_{key}"] = table
+        out[f"largest_gap_{key}"] = gap
+    gaps = [out[k]["gap"] for k in ("largest_gap_age", "largest_gap_race") if out[k]]
+    out["largest_gap"] = max(gaps) if gaps else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------- models
+def load_classifier(model: str | Path | None, threads: int | None = None):
+    """AttributeClassifier for a model directory, a single card JSON, or None (the bundled defaults)."""
+    from maskwatch.vision.classify import AttributeClassifier, AttributeModel
+
+    if model is not None and Path(model).is_file():
+        card_path = Path(model)
+        card = json.loads(card_path.read_text())
+        return AttributeClassifier(
+            [
+                AttributeModel(
+                    card, card_path.parent / card.get("onnx", card_path.stem + ".onnx"), threads=threads
+                )
+            ]
+        )
+    return AttributeClassifier.from_dir(model, threads=threads)
+
+
+def _run_crops(model, crops_bgr: list[np.ndarray], task: str, batch: int = 64) -> np.ndarray:
+    """Probabilities of one head for already-cropped BGR images (resized to the model's input)."""
+    from maskwatch.vision.classify import softmax
+
+    head = model.heads[task]
+    outs = []
+    for i in range(0, len(crops_bgr), batch):
+        chunk = [
+            c
+            if (c.shape[1], c.shape[0]) == model.size
+            else cv2.resize(
+                c,
+                model.size,
+                interpolation=cv2.INTER_AREA if c.shape[0] > model.size[1] else cv2.INTER_LINEAR,
+            )
+            for c in crops_bgr[i : i + batch]
+        ]
+        x = model.preprocess(chunk)
+        if model.fixed_batch not in (None, len(chunk)):
+            o = np.concatenate(
+                [
+                    model.session.run([head.output], {model.input_name: x[j : j + 1]})[0]
+                    for j in range(len(chunk))
+                ]
+            )
+        else:
+            o = model.session.run([head.output], {model.input_name: x})[0]
+        o = np.asarray(o, np.float32).reshape(len(chunk), -1)
+        o = softmax(o) if head.activation == "softmax" else o / np.maximum(o.sum(1, keepdims=True), 1e-9)
+        outs.append(o)
+    return np.concatenate(outs) if outs else np.zeros((0, len(head.labels)), np.float32)
+
+
+def _owner(classifier, task: str):
+    if task not in classifier.heads:
+        raise click.UsageError(f"the model(s) give no {task!r} output (they give {sorted(classifier.heads)})")
+    return classifier._owner[task]
+
+
+def _detector(backend: str, yunet: str | None, score: float | None = None):
+    from maskwatch.config import DetectorSettings
+    from maskwatch.train.data import default_yunet_path
+    from maskwatch.vision.detect import create_detector
+
+    path = Path(yunet) if yunet else default_yunet_path()
+    kw = {"backend": backend, "yunet_path": path}
+    if score is not None:
+        kw["score_threshold"] = score
+    return create_detector(DetectorSettings(**kw))
+
+
+def _predict_labels(classifier, task: str, probs: np.ndarray) -> tuple[list[str], list[bool]]:
+    head = classifier.heads[task]
+    thr = classifier.threshold(task)
+    preds = [head.labels[int(i)] for i in probs.argmax(1)]
+    return preds, [bool(p.max() < thr) for p in probs]
+
+
+# -------------------------------------------------------------------------------------------- crops
+def evaluate_crops(
+    data_dir: str | Path,
+    task: str,
+    model=None,
+    *,
+    framing: str = "image",
+    limit: int | None = None,
+    fairness: bool = False,
+    yunet: str | None = None,
+) -> dict:
+    """Each image is one face crop. `framing`: `image` feeds the whole image; `detect` finds the face in
+    it first (padded, as `prepare` does) and applies the card's crop rule."""
+    classifier = model if hasattr(model, "heads") else load_classifier(model)
+    m = _owner(classifier, task)
+    items = [(p, lab) for p, lab in list_images(data_dir) if lab in TASK_LABELS[task]]
+    if limit:
+        rng = np.random.default_rng(0)
+        items = [items[i] for i in sorted(rng.choice(len(items), min(limit, len(items)), replace=False))]
+    finder = FaceFinder(yunet_path=Path(yunet) if yunet else None, prepare_mode=True, score_threshold=0.5)
+    crops, labels, files, skipped = [], [], [], 0
+    for p, lab in items:
+        img = read_image(p)
+        if img is None:
+            skipped += 1
+            continue
+        if framing == "detect" or m.crop_rule == "align5":
+            from maskwatch.types import Face
+
+            dets = finder.detect(img)
+            if dets:
+                d = max(dets, key=lambda d: d.area)
+                img = m.crop(img, Face(box=d.box, score=min(1.0, d.score), landmarks=d.landmarks))
+        crops.append(img)
+        labels.append(lab)
+        files.append(str(p))
+    t0 = time.perf_counter()
+    probs = _run_crops(m, crops, task)
+    ms = (time.perf_counter() - t0) * 1e3 / max(1, len(crops))
+    preds, unc = _predict_labels(classifier, task, probs)
+    out = {
+        "command": "crops",
+        "task": task,
+        "data": str(data_dir),
+        "model": m.name,
+        "framing": framing,
+        **metrics(labels, preds, classifier.heads[task].labels, unc),
+        "skipped_unreadable": skipped,
+        "ms_per_face": round(ms, 3),
+    }
+    out["per_class"] = {k: out["per_class"][k] for k in TASK_LABELS[task]}
+    if fairness and task == "gender":
+        y = np.array([classifier.heads[task].labels.index(lab) for lab in labels])
+        out["fairness"] = fairness_report(files, y, probs)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- faces
+def evaluate_faces(
+    data_dir: str | Path,
+    task: str,
+    model=None,
+    *,
+    synthetic_mask: bool = False,
+    detector: str = "yunet",
+    yunet: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Each image goes through detect -> largest face -> classify. Images without a detected face count
+    as errors (`no_face`). `synthetic_mask` draws a mask on every detected face first, then detects again."""
+    from maskwatch.train.synth import draw_mask
+
+    classifier = model if hasattr(model, "heads") else load_classifier(model)
+    m = _owner(classifier, task)
+    det = _detector(detector, yunet)
+    items = [(p, lab) for p, lab in list_images(data_dir) if lab in TASK_LABELS[task]]
+    if limit:
+        rng = np.random.default_rng(0)
+        items = [items[i] for i in sorted(rng.choice(len(items), min(limit, len(items)), replace=False))]
+    labels, preds, unc, skipped, masked_none = [], [], [], 0, 0
+    t_cls, n_cls = 0.0, 0
+    for k, (p, lab) in enumerate(items):
+        img = read_image(p)
+        if img is None:
+            skipped += 1
+            continue
+        faces = det.detect(img)
+        if synthetic_mask and faces:
+            rng = np.random.default_rng([seed, k])
+            for f in faces:
+                lm = np.asarray(f.landmarks) if f.landmarks is not None else _box_landmarks(f.box)
+                img = draw_mask(img, lm, rng, rgb=False)
+            faces = det.detect(img)
+            masked_none += not faces
+        labels.append(lab)
+        if not faces:
+            preds.append(NO_FACE)
+            unc.append(False)
+            continue
+        face = max(faces, key=lambda f: f.width * f.height)
+        t0 = time.perf_counter()
+        pr = m.predict(img, [face], {task})[task][0]
+        t_cls += time.perf_counter() - t0
+        n_cls += 1
+        lab_p, u = _predict_labels(classifier, task, pr[None])
+        preds.append(lab_p[0])
+        unc.append(u[0])
+    out = {
+        "command": "faces",
+        "task": task,
+        "data": str(data_dir),
+        "model": m.name,
+        "detector": getattr(det, "name", detector),
+        "synthetic_mask": synthetic_mask,
+        **metrics(labels, preds, classifier.heads[task].labels, unc),
+        "skipped_unreadable": skipped,
+        "ms_per_face": round(t_cls * 1e3 / max(1, n_cls), 3),
+    }
+    out["per_class"] = {k: out["per_class"][k] for k in TASK_LABELS[task]}
+    if synthetic_mask:
+        out["no_face_after_mask"] = masked_none
+    return out
+
+
+def _box_landmarks(box) -> np.ndarray:
+    from maskwatch.train.data import DEFAULT_LANDMARKS, crop_square
+
+    x1, y1, x2, y2 = crop_square(box, 0.2, True)
+    return np.stack([x1 + DEFAULT_LANDMARKS[:, 0] * (x2 - x1), y1 + DEFAULT_LANDMARKS[:, 1] * (y2 - y1)], 1)
+
+
+# ------------------------------------------------------------------------------------------- scenes
+def read_voc(path: str | Path) -> list[tuple[str, tuple[float, float, float, float]]]:
+    root = ET.parse(path).getroot()
+    out = []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
+        if bb is None:
+            continue
+        box = tuple(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        out.append((obj.findtext("name", "").strip(), box))
+    return out
+
+
+def match_boxes(gt: np.ndarray, det: np.ndarray, iou_min: float = 0.5) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching by IoU (highest first); pairs (gt index, det index)."""
+    from maskwatch.vision.geometry import iou_matrix
+
+    if len(gt) == 0 or len(det) == 0:
+        return []
+    ious = iou_matrix(gt, det)
+    pairs = []
+    used_g, used_d = set(), set()
+    for flat in np.argsort(-ious, axis=None):
+        g, d = divmod(int(flat), ious.shape[1])
+        if ious[g, d] < iou_min:
+            break
+        if g in used_g or d in used_d:
+            continue
+        used_g.add(g)
+        used_d.add(d)
+        pairs.append((g, d))
+    return pairs
+
+
+def evaluate_scenes(
+    data_dir: str | Path,
+    model=None,
+    *,
+    detector: str = "yunet",
+    yunet: str | None = None,
+    limit: int | None = None,
+    score: float | None = None,
+) -> dict:
+    """Detection recall/precision at IoU >= 0.5 (overall and by face size = sqrt(w*h) of the annotated
+    box) and mask accuracy on matched faces (`mask_weared_incorrect` counts as `no_mask`)."""
+    classifier = model if hasattr(model, "heads") else load_classifier(model)
+    has_mask = "mask" in classifier.heads
+    det = _detector(detector, yunet, score)
+    data_dir = Path(data_dir)
+    imgs = sorted(p for p in (data_dir / "images").iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if limit:
+        imgs = imgs[:limit]
+    n_gt = n_det = n_tp = 0
+    by_size = {name: [0, 0] for *_, name in SIZE_BINS}  # [found, total]
+    labels, preds, unc, raw_names = [], [], [], []
+    t_cls, n_cls = 0.0, 0
+    for p in imgs:
+        ann = data_dir / "annotations" / (p.stem + ".xml")
+        img = read_image(p)
+        if img is None or not ann.is_file():
+            continue
+        gt = read_voc(ann)
+        faces = det.detect(img)
+        gt_boxes = np.array([b for _, b in gt], float).reshape(-1, 4)
+        det_boxes = np.array([f.box for f in faces], float).reshape(-1, 4)
+        pairs = match_boxes(gt_boxes, det_boxes)
+        n_gt += len(gt)
+        n_det += len(faces)
+        n_tp += len(pairs)
+        matched = {g for g, _ in pairs}
+        for gi, (_, b) in enumerate(gt):
+            s = float(np.sqrt(max(b[2] - b[0], 0) * max(b[3] - b[1], 0)))
+            for lo, hi, name in SIZE_BINS:
+                if lo <= s < hi:
+                    by_size[name][0] += gi in matched
+                    by_size[name][1] += 1
+        if has_mask and pairs:
+            t0 = time.perf_counter()
+            probs = classifier.predict(img, [faces[d] for _, d in pairs], {"mask"})["mask"]
+            t_cls += time.perf_counter() - t0
+            n_cls += len(pairs)
+            lab_p, u = _predict_labels(classifier, "mask", probs)
+            for (g, _), lp, uu in zip(pairs, lab_p, u, strict=True):
+                name = gt[g][0]
+                raw_names.append(name)
+                labels.append("mask" if name == "with_mask" else "no_mask")
+                preds.append(lp)
+                unc.append(uu)
+    out = {
+        "command": "scenes",
+        "data": str(data_dir),
+        "detector": getattr(det, "name", detector),
+        "images": len(imgs),
+        "faces": n_gt,
+        "detections": n_det,
+        "recall": _r(n_tp / n_gt) if n_gt else None,
+        "precision": _r(n_tp / n_det) if n_det else None,
+        "recall_by_size": {
+            k: {"n": v[1], "recall": _r(v[0] / v[1]) if v[1] else None} for k, v in by_size.items()
+        },
+    }
+    big = [v for k, v in by_size.items() if k in ("32-64", ">=64")]
+    tot = sum(v[1] for v in big)
+    out["recall_ge32"] = _r(sum(v[0] for v in big) / tot) if tot else None
+    if has_mask:
+        mm = metrics(labels, preds, TASK_LABELS["mask"], unc)
+        out.update({"model": classifier._owner["mask"].name, **mm})
+        out["mask_accuracy"] = mm["accuracy"]
+        out["mask_balanced_accuracy"] = mm["balanced_accuracy"]
+        inc = [i for i, nm in enumerate(raw_names) if nm == "mask_weared_incorrect"]
+        out["mask_weared_incorrect"] = {
+            "n": len(inc),
+            "recall_as_no_mask": _r(np.mean([preds[i] == "no_mask" for i in inc])) if inc else None,
+        }
+        out["ms_per_face"] = round(t_cls * 1e3 / max(1, n_cls), 3)
+    else:
+        out.update({"n": 0, "accuracy": None, "balanced_accuracy": None, "per_class": {}, "no_face": 0})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _emit(result: dict, json_out: str | None, update_card: str | None, key: str | None) -> None:
+    text = json.dumps(result, indent=1)
+    click.echo(text)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(text + "\n")
+    if update_card:
+        card_path = Path(update_card)
+        card = json.loads(card_path.read_text())
+        slim = {k: v for k, v in result.items() if k not in ("fairness",)}
+        card.setdefault("metrics", {})[key or result["command"]] = slim
+        if result.get("fairness"):
+            card.setdefault("fairness", {})["gender"] = {"set": result.get("data"), **result["fairness"]}
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+_common = [
+    click.option(
+        "--model",
+        "model",
+        default=None,
+        type=click.Path(exists=True),
+        help="Model directory or card JSON (default: bundled).",
+    ),
+    click.option(
+        "--json",
+        "json_out",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="Write the result JSON here.",
+    ),
+    click.option("--limit", type=int, default=None, help="Evaluate a seeded sample of N images."),
+    click.option(
+        "--update-card",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="Also store the result in this model card's metrics.",
+    ),
+    click.option("--key", default=None, help="Metrics key for --update-card."),
+]
+
+
+def _with_common(f):
+    for opt in reversed(_common):
+        f = opt(f)
+    return f
+
+
+_detector_opts = [
+    click.option(
+        "--detector", type=click.Choice(["auto", "yunet", "res10"]), default="yunet", show_default=True
+    ),
+    click.option(
+        "--yunet", type=click.Path(exists=True, dir_okay=False), default=None, help="YuNet ONNX file."
+    ),
+]
+
+
+def _with_detector(f):
+    for opt in reversed(_detector_opts):
+        f = opt(f)
+    return f
+
+
+@click.group("evaluate")
+def evaluate() -> None:
+    """Measure attribute models on labeled crops, whole images, or annotated scenes."""
+
+
+@evaluate.command("crops")
+@click.option("--task", type=click.Choice(["mask", "gender"]), required=True)
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--framing",
+    type=click.Choice(["image", "detect"]),
+    default="image",
+    show_default=True,
+    help="image: the whole image is the crop; detect: find the face and apply the card's crop rule.",
+)
+@click.option("--fairness", is_flag=True, help="Gender accuracy by UTKFace age band and race (file names).")
+@_with_common
+def crops_cmd(task, data_dir, framing, fairness, model, json_out, limit, update_card, key):
+    """Each image of DATA_DIR (class subfolders) is one face crop."""
+    _emit(
+        evaluate_crops(data_dir, task, model, framing=framing, limit=limit, fairness=fairness),
+        json_out,
+        update_card,
+        key,
+    )
+
+
+@evaluate.command("faces")
+@click.option("--task", type=click.Choice(["mask", "gender"]), required=True)
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--synthetic-mask", is_flag=True, help="Draw a synthetic mask on each face first (gender under masks)."
+)
+@_with_detector
+@_with_common
+def faces_cmd(task, data_dir, synthetic_mask, detector, yunet, model, json_out, limit, update_card, key):
+    """Each image of DATA_DIR goes through detect -> largest face -> classify; no face counts as an error."""
+    r = evaluate_faces(
+        data_dir, task, model, synthetic_mask=synthetic_mask, detector=detector, yunet=yunet, limit=limit
+    )
+    _emit(r, json_out, update_card, key)
+
+
+@evaluate.command("scenes")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--score", type=float, default=None, help="Detector score threshold (default: the app's).")
+@_with_detector
+@_with_common
+def scenes_cmd(data_dir, score, detector, yunet, model, json_out, limit, update_card, key):
+    """DATA_DIR holds images/ and annotations/ (PASCAL VOC): detection recall/precision and mask accuracy."""
+    _emit(
+        evaluate_scenes(data_dir, model, detector=detector, yunet=yunet, limit=limit, score=score),
+        json_out,
+        update_card,
+        key,
+    )

@@ -1,0 +1,177 @@
+"""ONNX export and the model card (the JSON the runtime reads; see DEVELOPERS.md, "Model card")."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from maskwatch.train.data import TASK_LABELS
+
+log = logging.getLogger(__name__)
+
+
+def export_onnx(model, path: str | Path, size: int, opset: int = 17) -> Path:
+    """Export `model` (eval mode, CPU, float32) with input `input` (N,3,size,size) and one output per head."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().float().eval()
+    heads = list(model.heads)
+
+    class _Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            o = self.m(x)
+            return tuple(o[h] for h in heads)
+
+    x = torch.zeros(1, 3, size, size)
+    kwargs = dict(input_names=["input"], output_names=heads, opset_version=opset)
+    try:
+        torch.onnx.export(
+            _Wrap(model),
+            (x,),
+            str(path),
+            dynamic_axes={"input": {0: "batch"}, **{h: {0: "batch"} for h in heads}},
+            dynamo=False,
+            **kwargs,
+        )
+    except (TypeError, RuntimeError, ImportError) as e:  # legacy exporter gone: the dynamo one
+        log.info("legacy ONNX export failed (%s); using dynamo export", e)
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.onnx.export(
+            _Wrap(model),
+            (x,),
+            str(path),
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            **kwargs,
+        )
+    import onnx
+
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    return path
+
+
+def git_commit(root: str | Path | None = None) -> str:
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root or Path(__file__).parent,
+            text=True,
+            stderr=subprocess.DEVNULL,
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def calibrate_threshold(
+    probs: np.ndarray, labels: np.ndarray, target: float, lo: float = 0.55, hi: float = 0.95
+) -> dict:
+    """The lowest confidence threshold whose confident predictions reach `target` accuracy on validation.
+
+    Returns {"threshold", "accuracy_above", "coverage"}; clipped to [lo, hi].
+    """
+    conf = probs.max(1)
+    correct = probs.argmax(1) == labels
+    chosen = hi
+    for t in np.arange(lo, hi + 1e-9, 0.01):
+        keep = conf >= t
+        if keep.sum() >= max(10, 0.5 * len(labels)) and correct[keep].mean() >= target:
+            chosen = float(round(t, 2))
+            break
+    keep = conf >= chosen
+    return {
+        "threshold": chosen,
+        "accuracy_above": float(correct[keep].mean()) if keep.any() else None,
+        "coverage": float(keep.mean()),
+        "target": target,
+    }
+
+
+def make_card(
+    *,
+    name: str,
+    onnx_file: str,
+    arch: str,
+    size: int,
+    mean,
+    std,
+    heads: tuple[str, ...],
+    thresholds: dict[str, float],
+    margin: float = 0.2,
+    data: dict | None = None,
+    metrics: dict | None = None,
+    fairness: dict | None = None,
+    command: str = "",
+    extra: dict | None = None,
+) -> dict:
+    card = {
+        "name": name,
+        "onnx": onnx_file,
+        "arch": arch,
+        "input": {
+            "name": "input",
+            "size": [size, size],
+            "color": "RGB",
+            "layout": "NCHW",
+            "scale": 1 / 255,
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
+        "crop": {"rule": "box", "margin": margin, "square": True},
+        "outputs": {
+            h: {
+                "output": h,
+                "labels": list(TASK_LABELS[h]),
+                "activation": "softmax",
+                "uncertain_threshold": float(thresholds[h]),
+            }
+            for h in heads
+        },
+        "data": data or {},
+        "metrics": metrics or {},
+        "fairness": fairness or {},
+        "training": {"command": command, "date": _dt.date.today().isoformat(), "commit": git_commit()},
+    }
+    if extra:
+        card.update(extra)
+    return card
+
+
+def write_card(card: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(card, indent=2) + "\n")
+    return path
+
+
+def export_from_state(
+    card_path: str | Path, state_path: str | Path, out_dir: str | Path | None = None
+) -> Path:
+    """Rebuild a card's net, load a (possibly half-precision) state dict, export its ONNX beside the card.
+
+    For weights trained elsewhere (e.g. a GPU machine that sent back only the state dict and the card).
+    """
+    import torch
+
+    from maskwatch.train.nets import build
+
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    heads = tuple(card["outputs"])
+    model = build(card["arch"], heads, pretrained=False)
+    sd = torch.load(state_path, map_location="cpu", weights_only=True)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd)
+    out_dir = Path(out_dir) if out_dir else card_path.parent
+    return export_onnx(model, out_dir / card["onnx"], int(card["input"]["size"][0]))

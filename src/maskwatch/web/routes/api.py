@@ -1,0 +1,108 @@
+"""The REST API (documented in the OpenAPI schema at /api/openapi.json, rendered at /api/docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from maskwatch import __version__
+from maskwatch.web.analysis import BadMedia, ModelsUnavailable, decode_image
+from maskwatch.web.deps import ApiUser, RuntimeDep, read_upload, utc
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+
+@router.get("/health", summary="Liveness check (no authentication)")
+async def health() -> dict[str, Any]:
+    """`{"status": "ok", "version": ...}`. Details (models, cameras, alerts) need authentication."""
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/status", summary="Details of the running service")
+def status(rt: RuntimeDep, user: ApiUser) -> dict[str, Any]:
+    return {"status": "ok", "version": __version__, **rt.health()}
+
+
+@router.post("/detect", summary="Find faces in one image")
+async def detect(
+    rt: RuntimeDep, user: ApiUser, file: UploadFile = File(..., description="JPEG/PNG/WebP/BMP")
+):
+    """Multipart upload of one image (field `file`). Returns a FrameResult: `faces` in the Face shape
+    (box x1,y1,x2,y2 in pixels, score, landmarks, track_id, mask and apparent gender with confidence)."""
+    data, kind, _suffix = await read_upload(file, rt.settings.web.max_upload_mb << 20)
+    if kind != "image":
+        raise HTTPException(
+            415, "this endpoint takes one image (JPEG, PNG, WebP or BMP); use the upload page for video"
+        )
+    try:
+        image = decode_image(data)
+        result = await anyio.to_thread.run_sync(rt.analyzer.analyze_image, image, limiter=rt.vision_limiter)
+    except BadMedia as exc:
+        raise HTTPException(422, str(exc)) from exc
+    except ModelsUnavailable as exc:
+        raise HTTPException(503, f"models unavailable: {exc}") from exc
+    return result.to_dict(gender=rt.gender_enabled)
+
+
+def _event_dict(event: Any, gender: bool) -> dict[str, Any]:
+    d = event.to_dict()
+    d.pop("snapshot", None)  # a server path; clients use snapshot_url
+    d["snapshot_url"] = f"/events/{event.id}/snapshot.jpg" if event.snapshot else None
+    if not gender:
+        d.pop("gender_label", None)
+        d.pop("gender_confidence", None)
+    return d
+
+
+@router.get("/events", summary="Alert events, newest first")
+def events(
+    rt: RuntimeDep,
+    user: ApiUser,
+    camera: str | None = None,
+    since: datetime | None = Query(None, description="ISO 8601; naive times are UTC"),
+    until: datetime | None = None,
+    label: Literal["mask", "no_mask", "uncertain"] | None = None,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+) -> dict[str, Any]:
+    items, total = rt.store.list_events(
+        camera=camera, since=utc(since), until=utc(until), label=label, offset=offset, limit=limit
+    )
+    gender = rt.gender_enabled
+    return {
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "events": [_event_dict(e, gender) for e in items],
+    }
+
+
+@router.get("/stats", summary="Counts and compliance per time bucket and per camera")
+def stats(
+    rt: RuntimeDep,
+    user: ApiUser,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    camera: str | None = None,
+    bucket: Literal["minute", "hour", "day"] = "hour",
+) -> dict[str, Any]:
+    data = rt.store.stats(since=utc(since), until=utc(until), camera=camera, bucket=bucket)
+    if not rt.gender_enabled:
+        for row in [*data.get("buckets", []), *data.get("per_camera", {}).values(), data.get("totals", {})]:
+            row.pop("man", None)
+            row.pop("woman", None)
+    return data
+
+
+@router.get("/cameras", summary="Configured cameras with live state and counters")
+def cameras(rt: RuntimeDep, user: ApiUser) -> dict[str, Any]:
+    return {"cameras": rt.cameras.describe(), "gender": rt.gender_enabled}
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi(request: Request, user: ApiUser) -> JSONResponse:
+    return JSONResponse(request.app.openapi())

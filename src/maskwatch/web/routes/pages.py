@@ -1,0 +1,494 @@
+"""Browser pages: login, first-run setup, live, upload, events, statistics, outbox, settings."""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import cv2
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from maskwatch.web import forms
+from maskwatch.web.analysis import BadMedia, ModelsUnavailable, analyze_upload, encode_jpeg
+from maskwatch.web.auth import client_address, login_session, password_problem, safe_next, session_user
+from maskwatch.web.charts import bar_chart, line_chart, time_axis
+from maskwatch.web.deps import CsrfForm, PageUser, RuntimeDep, read_upload, utc
+from maskwatch.web.templating import templates
+
+router = APIRouter(include_in_schema=False)
+
+PAGE_SIZE = 25
+RANGES = {  # statistics ranges: (length, bucket)
+    "1h": (timedelta(hours=1), "minute"),
+    "24h": (timedelta(hours=24), "hour"),
+    "7d": (timedelta(days=7), "day"),
+    "30d": (timedelta(days=30), "day"),
+}
+
+
+def render(request: Request, template: str, status_code: int = 200, **ctx: Any):
+    return templates.TemplateResponse(request, template, ctx, status_code=status_code)
+
+
+def see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# -- login / logout / first run -----------------------------------------------------------------
+
+
+@router.get("/login")
+def login_page(request: Request, rt: RuntimeDep, next: str = "/"):
+    if session_user(request):
+        return see_other(safe_next(next))
+    return render(request, "login.html", next=safe_next(next), error=None, setup=rt.setup_token is not None)
+
+
+@router.post("/login")
+def login(request: Request, rt: RuntimeDep, form: CsrfForm):
+    name = str(form.get("username") or "").strip()
+    password = str(form.get("password") or "")
+    next_path = safe_next(str(form.get("next") or "/"))
+    client = client_address(request)
+    wait = rt.limiter.retry_after(client, name)
+    if wait:
+        response = render(
+            request,
+            "login.html",
+            429,
+            next=next_path,
+            error=f"Too many failed attempts. Try again in {wait} s.",
+            username=name,
+            setup=False,
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
+    if name and password and rt.store.verify_user(name, password):
+        rt.limiter.success(client, name)
+        login_session(request, name)
+        return see_other(next_path)
+    rt.limiter.fail(client, name)
+    return render(
+        request, "login.html", 401, next=next_path, error="Wrong user name or password.", setup=False,
+        username=name,
+    )
+
+
+@router.post("/logout")
+def logout(request: Request, form: CsrfForm):
+    request.session.clear()
+    return see_other("/login")
+
+
+def _setup_allowed(rt, token: str | None) -> bool:
+    expected = rt.setup_token
+    return bool(expected and token and hmac.compare_digest(expected, token) and not rt.store.has_users())
+
+
+@router.get("/setup")
+def setup_page(request: Request, rt: RuntimeDep, token: str | None = None):
+    if not _setup_allowed(rt, token):
+        raise HTTPException(404, "Setup is finished or the setup link is not valid. Use the login page.")
+    return render(request, "setup.html", token=token, error=None, name="admin")
+
+
+@router.post("/setup")
+def setup(request: Request, rt: RuntimeDep, form: CsrfForm):
+    token = str(form.get("token") or "")
+    if not _setup_allowed(rt, token):
+        raise HTTPException(404, "Setup is finished or the setup link is not valid. Use the login page.")
+    name = str(form.get("username") or "").strip()
+    password, repeat = str(form.get("password") or ""), str(form.get("password2") or "")
+    problem = password_problem(password, repeat) or (None if name else "Choose a user name.")
+    if problem is None:
+        try:
+            rt.store.add_user(name, password)
+        except ValueError as exc:
+            problem = str(exc)
+    if problem:
+        return render(request, "setup.html", 400, token=token, error=problem, name=name)
+    rt.setup_token = None
+    login_session(request, name)
+    return see_other("/")
+
+
+# -- live ---------------------------------------------------------------------------------------
+
+
+@router.get("/")
+def live_page(request: Request, rt: RuntimeDep, user: PageUser):
+    return render(
+        request,
+        "live.html",
+        cameras=rt.cameras.describe(),
+        webcam=rt.settings.web.browser_webcam,
+        models_error=rt.analyzer.error,
+    )
+
+
+# -- upload -------------------------------------------------------------------------------------
+
+
+@router.get("/upload")
+def upload_page(request: Request, rt: RuntimeDep, user: PageUser):
+    return render(request, "upload.html", result=None, error=None, max_mb=rt.settings.web.max_upload_mb)
+
+
+@router.post("/upload")
+async def upload(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    max_mb = rt.settings.web.max_upload_mb
+    gender = rt.gender_enabled
+    try:
+        data, kind, suffix = await read_upload(form.get("file"), max_mb << 20)
+        name = getattr(form.get("file"), "filename", "") or "upload"
+        item, rows, summary = await anyio.to_thread.run_sync(
+            lambda: analyze_upload(rt.analyzer, data, kind, suffix, filename=name, user=user, gender=gender),
+            limiter=rt.vision_limiter,
+        )
+    except HTTPException as exc:
+        return render(request, "upload.html", exc.status_code, result=None, error=exc.detail, max_mb=max_mb)
+    except BadMedia as exc:
+        return render(request, "upload.html", 422, result=None, error=str(exc), max_mb=max_mb)
+    except ModelsUnavailable as exc:
+        return render(
+            request, "upload.html", 503, result=None, error=f"Models unavailable: {exc}", max_mb=max_mb
+        )
+    rt.uploads.put(item)
+    return render(request, "upload.html", result=item, rows=rows, summary=summary, error=None, max_mb=max_mb)
+
+
+@router.get("/upload/{rid}/media")
+def upload_media(rid: str, rt: RuntimeDep, user: PageUser):
+    item = rt.uploads.get(rid, user)
+    if item is None:
+        raise HTTPException(404, "result not found (results are kept for a short time only)")
+    return Response(item.media, media_type=item.media_type)
+
+
+@router.get("/upload/{rid}/result.json")
+def upload_json(rid: str, rt: RuntimeDep, user: PageUser):
+    item = rt.uploads.get(rid, user)
+    if item is None:
+        raise HTTPException(404, "result not found (results are kept for a short time only)")
+    return Response(
+        json.dumps(item.payload, indent=1),
+        media_type="application/json",
+        headers={"Content-Disposition": 'attachment; filename="maskwatch-result.json"'},
+    )
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+def _event_filters(camera: str | None, since: datetime | None, until: datetime | None, label: str | None):
+    return {"camera": camera or None, "since": utc(since), "until": utc(until), "label": label or None}
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise HTTPException(400, f"not a date and time: {value!r} (use YYYY-MM-DDTHH:MM)") from exc
+
+
+@router.get("/events")
+def events_page(
+    request: Request,
+    rt: RuntimeDep,
+    user: PageUser,
+    camera: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    label: str | None = None,
+    page: int = Query(1, ge=1, le=100000),
+):
+    filters = _event_filters(camera, _parse_dt(since), _parse_dt(until), label)
+    events, total = rt.store.list_events(**filters, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+    pages = max(1, -(-total // PAGE_SIZE))
+    query = {k: v for k, v in {"camera": camera, "since": since, "until": until, "label": label}.items() if v}
+    return render(
+        request,
+        "events.html",
+        events=events,
+        total=total,
+        page=page,
+        pages=pages,
+        query=query,
+        cameras=sorted(set(rt.store.cameras()) | {c.name for c in rt.settings.cameras}),
+        f={"camera": camera or "", "since": since or "", "until": until or "", "label": label or ""},
+    )
+
+
+def _csv_cell(value: Any) -> Any:
+    """Neutralise spreadsheet formulas in exported text cells."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+@router.get("/events.csv")
+def events_csv(
+    rt: RuntimeDep,
+    user: PageUser,
+    camera: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    label: str | None = None,
+):
+    filters = _event_filters(camera, _parse_dt(since), _parse_dt(until), label)
+    gender = rt.gender_enabled
+    header = ["id", "time_utc", "camera", "track_id", "mask_label", "mask_confidence"]
+    if gender:
+        header += ["apparent_gender", "gender_confidence"]
+    header += ["mail_status", "snapshot_url"]
+
+    def rows():
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(header)
+        offset = 0
+        while True:
+            batch, _total = rt.store.list_events(**filters, offset=offset, limit=500)
+            for e in batch:
+                row = [
+                    e.id,
+                    e.time.isoformat(),
+                    e.camera,
+                    e.track_id,
+                    e.mask_label,
+                    round(e.mask_confidence, 4),
+                ]
+                if gender:
+                    row += [
+                        e.gender_label,
+                        None if e.gender_confidence is None else round(e.gender_confidence, 4),
+                    ]
+                row += [e.mail_status, f"/events/{e.id}/snapshot.jpg" if e.snapshot else ""]
+                writer.writerow([_csv_cell(v) for v in row])
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+            if len(batch) < 500:
+                return
+            offset += 500
+
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="maskwatch-events.csv"'},
+    )
+
+
+def _event_or_404(rt, event_id: int):
+    event = rt.store.get_event(event_id)
+    if event is None:
+        raise HTTPException(404, f"no event {event_id}")
+    return event
+
+
+@router.get("/events/{event_id}")
+def event_page(request: Request, event_id: int, rt: RuntimeDep, user: PageUser):
+    event = _event_or_404(rt, event_id)
+    return render(request, "event.html", event=event, has_snapshot=rt.store.snapshot_file(event) is not None)
+
+
+@router.get("/events/{event_id}/snapshot.jpg")
+def event_snapshot(event_id: int, rt: RuntimeDep, user: PageUser):
+    path = rt.store.snapshot_file(_event_or_404(rt, event_id))
+    if path is None:
+        raise HTTPException(404, "this event has no snapshot")
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.get("/events/{event_id}/thumb.jpg")
+def event_thumb(event_id: int, rt: RuntimeDep, user: PageUser):
+    path = rt.store.snapshot_file(_event_or_404(rt, event_id))
+    image = cv2.imread(str(path)) if path is not None else None
+    if image is None:
+        raise HTTPException(404, "this event has no snapshot")
+    h, w = image.shape[:2]
+    scale = 160 / max(h, w)
+    if scale < 1:
+        image = cv2.resize(
+            image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
+    return Response(
+        encode_jpeg(np.ascontiguousarray(image), 75),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def _stats_charts(data: dict, start: datetime, end: datetime, bucket: str, gender: bool) -> dict[str, Any]:
+    axis = time_axis(data.get("buckets", []), start, end, bucket)
+    per_camera = data.get("per_camera", {})
+    fmt = {"minute": "%H:%M", "hour": "%d %H:00", "day": "%m-%d"}[bucket]
+    labels = [t.strftime(fmt) for t, _ in axis]
+    rows = [b or {} for _, b in axis]
+    charts = {
+        "compliance_chart": line_chart(
+            list(zip(labels, [b.get("compliance") for b in rows], strict=True)), title="Compliance (% masked)"
+        ),
+        "people_chart": bar_chart(
+            [
+                (lab, [(k, b.get(k, 0)) for k in ("masked", "unmasked", "uncertain")])
+                for lab, b in zip(labels, rows, strict=True)
+            ],
+            title="People by mask label",
+        ),
+        "camera_chart": bar_chart(
+            [(cam, [("compliance", c.get("compliance") or 0.0)]) for cam, c in per_camera.items()],
+            title="Compliance per camera",
+            percent=True,
+        ),
+        "gender_chart": None,
+    }
+    if gender:
+        charts["gender_chart"] = bar_chart(
+            [
+                (lab, [("man", b.get("man", 0)), ("woman", b.get("woman", 0))])
+                for lab, b in zip(labels, rows, strict=True)
+            ],
+            title="People by apparent gender",
+        )
+    return charts
+
+
+@router.get("/stats")
+def stats_page(
+    request: Request, rt: RuntimeDep, user: PageUser, range: str = "24h", camera: str | None = None
+):
+    if range not in RANGES:
+        range = "24h"
+    length, bucket = RANGES[range]
+    now = datetime.now(UTC)
+    data = rt.store.stats(since=now - length, until=None, camera=camera or None, bucket=bucket)
+    gender = rt.gender_enabled
+    return render(
+        request,
+        "stats.html",
+        range=range,
+        ranges=list(RANGES),
+        camera=camera or "",
+        cameras=sorted(set(rt.store.cameras()) | {c.name for c in rt.settings.cameras}),
+        totals=data.get("totals", {}),
+        per_camera=data.get("per_camera", {}),
+        **_stats_charts(data, now - length, now, bucket, gender),
+    )
+
+
+# -- outbox -------------------------------------------------------------------------------------
+
+
+@router.get("/outbox")
+def outbox_page(
+    request: Request, rt: RuntimeDep, user: PageUser, status: str | None = None, page: int = Query(1, ge=1)
+):
+    messages, total = rt.store.list_outbox(
+        status=status or None, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE
+    )
+    return render(
+        request,
+        "outbox.html",
+        messages=messages,
+        total=total,
+        page=page,
+        pages=max(1, -(-total // PAGE_SIZE)),
+        status=status or "",
+        smtp_configured=bool(rt.settings.smtp.host),
+    )
+
+
+@router.get("/outbox/{message_id}")
+def outbox_message(request: Request, message_id: int, rt: RuntimeDep, user: PageUser):
+    message = rt.store.get_message(message_id)
+    if message is None:
+        raise HTTPException(404, f"no message {message_id}")
+    return render(request, "message.html", message=message)
+
+
+# -- settings, users, tokens --------------------------------------------------------------------
+
+
+def _settings_page(request: Request, rt, status_code: int = 200, **extra: Any):
+    s = rt.settings
+    ctx = {
+        "sections": forms.form_values(s),
+        "cameras": forms.camera_rows(s),
+        "password_set": bool(s.smtp.password),
+        "users": rt.store.list_users(),
+        "errors": [],
+        "saved": request.query_params.get("saved") == "1",
+        "new_token": None,
+        "data_dir": str(s.data_dir),
+    }
+    ctx.update(extra)
+    return render(request, "settings.html", status_code, **ctx)
+
+
+@router.get("/settings")
+def settings_page(request: Request, rt: RuntimeDep, user: PageUser):
+    return _settings_page(request, rt)
+
+
+@router.post("/settings")
+def save_settings(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    try:
+        rt.update_overrides(forms.settings_overrides(form, rt.settings))
+    except (ValidationError, ValueError) as exc:
+        return _settings_page(request, rt, 400, errors=forms.validation_messages(exc))
+    return see_other("/settings?saved=1")
+
+
+@router.post("/settings/users")
+def add_user(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    name = str(form.get("username") or "").strip()
+    password = str(form.get("password") or "")
+    problem = password_problem(password) or (None if name else "Choose a user name.")
+    if problem is None:
+        try:
+            rt.store.add_user(name, password)
+        except ValueError as exc:
+            problem = str(exc)
+    if problem:
+        return _settings_page(request, rt, 400, errors=[problem])
+    return see_other("/settings?saved=1#users")
+
+
+@router.post("/settings/tokens")
+def create_token(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    label = str(form.get("label") or "")[:100]
+    token = rt.store.create_token(user, label)
+    return _settings_page(request, rt, new_token=token)
+
+
+# -- API docs (server-rendered from the OpenAPI schema; Swagger UI would need a CDN) ----------------
+
+
+@router.get("/api/docs")
+def api_docs(request: Request, user: PageUser):
+    schema = request.app.openapi()
+    ops = [
+        {
+            "method": m.upper(),
+            "path": p,
+            "summary": op.get("summary", ""),
+            "description": op.get("description", ""),
+        }
+        for p, methods in schema.get("paths", {}).items()
+        for m, op in methods.items()
+    ]
+    return render(request, "api_docs.html", ops=ops)

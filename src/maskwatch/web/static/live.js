@@ -1,0 +1,228 @@
+// Live page: the user's webcam over a WebSocket (one frame in flight at a time) and the server cameras'
+// counters. Plain JavaScript, no build step; loaded as a static file (the CSP forbids inline scripts).
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const genderOn = document.body.dataset.gender === "1";
+  const COLORS = { mask: "#1f9d55", no_mask: "#d93025", uncertain: "#d69e2e" };
+  const MAX_SIDE = 640; // frames are sent at most 640 px wide (640x480 for a VGA webcam)
+
+  // ---------------------------------------------------------------- webcam
+  const video = $("webcam-video");
+  const overlay = $("webcam-overlay");
+  const startBtn = $("webcam-start");
+  const stopBtn = $("webcam-stop");
+  const statusEl = $("webcam-status");
+  const resultEl = $("webcam-result");
+  const grab = document.createElement("canvas");
+  const gctx = grab.getContext("2d");
+  let ws = null;
+  let stream = null;
+  let running = false;
+  let sentAt = 0;
+  let lastResult = null;
+  const rtts = [];
+  const doneTimes = [];
+
+  function setStatus(text) { if (statusEl) statusEl.textContent = text; }
+
+  function setCounter(root, key, value) {
+    const el = root && root.querySelector(`[data-counter="${key}"]`);
+    if (el) el.textContent = value;
+  }
+
+  function median(xs) {
+    if (!xs.length) return 0;
+    const s = [...xs].sort((a, b) => a - b);
+    return s[Math.floor(s.length / 2)];
+  }
+
+  async function start() {
+    if (running) return;
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      setStatus("This browser cannot share a webcam here (it needs https or localhost).");
+      return;
+    }
+    startBtn.disabled = true;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+    } catch (err) {
+      setStatus(`Webcam not available: ${err.name || err}`);
+      startBtn.disabled = false;
+      return;
+    }
+    video.srcObject = stream;
+    await video.play().catch(() => {});
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    ws = new WebSocket(`${proto}//${location.host}/ws/webcam`);
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => { running = true; stopBtn.disabled = false; setStatus("running"); sendFrame(); };
+    ws.onmessage = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      handle(msg);
+      if (running && !msg.fatal) sendFrame();
+    };
+    ws.onclose = (ev) => {
+      const was = running;
+      stop();
+      if (ev.code === 1008) setStatus(`refused: ${ev.reason || "log in again"}`);
+      else if (was && ev.code !== 1000) setStatus(`connection closed (${ev.code})`);
+    };
+  }
+
+  function stop() {
+    running = false;
+    if (ws && ws.readyState <= 1) ws.close(1000);
+    ws = null;
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+    startBtn.disabled = false;
+    stopBtn.disabled = true;
+    setStatus("stopped");
+  }
+
+  function sendFrame() {
+    if (!running || !ws || ws.readyState !== WebSocket.OPEN) return;
+    const w = video.videoWidth, h = video.videoHeight;
+    if (!w || !h) { setTimeout(sendFrame, 30); return; }
+    const scale = Math.min(1, MAX_SIDE / Math.max(w, h));
+    grab.width = Math.round(w * scale);
+    grab.height = Math.round(h * scale);
+    gctx.drawImage(video, 0, 0, grab.width, grab.height);
+    grab.toBlob((blob) => {
+      if (!blob || !running) return;
+      blob.arrayBuffer().then((buf) => {
+        if (!running || !ws || ws.readyState !== WebSocket.OPEN) return;
+        sentAt = performance.now();
+        ws.send(buf);
+      });
+    }, "image/jpeg", 0.8);
+  }
+
+  function handle(msg) {
+    const now = performance.now();
+    if (msg.type === "error") {
+      setStatus(msg.message);
+      if (msg.fatal) stop();
+      return;
+    }
+    if (msg.type !== "result") return;
+    rtts.push(now - sentAt);
+    if (rtts.length > 30) rtts.shift();
+    doneTimes.push(now);
+    while (doneTimes.length && now - doneTimes[0] > 2000) doneTimes.shift();
+    lastResult = msg.result;
+    const counters = $("webcam-counters");
+    for (const [k, v] of Object.entries(msg.counts || {})) setCounter(counters, k, v);
+    const span = doneTimes.length > 1 ? (doneTimes[doneTimes.length - 1] - doneTimes[0]) / 1000 : 0;
+    setCounter(counters, "fps", span > 0 ? ((doneTimes.length - 1) / span).toFixed(1) : "–");
+    setCounter(counters, "latency", `${Math.round(median(rtts))} ms`);
+    draw(msg.result);
+    showFaces(msg.result, now - sentAt, msg.server_ms);
+    for (const e of msg.events || []) addEvent(e);
+  }
+
+  function draw(result) {
+    const cw = overlay.clientWidth, ch = overlay.clientHeight;
+    if (overlay.width !== cw || overlay.height !== ch) { overlay.width = cw; overlay.height = ch; }
+    const ctx = overlay.getContext("2d");
+    ctx.clearRect(0, 0, cw, ch);
+    const [fw, fh] = result.frame_size || [grab.width, grab.height];
+    // the video is drawn with object-fit: contain; map frame pixels onto the same box
+    const s = Math.min(cw / fw, ch / fh);
+    const ox = (cw - fw * s) / 2, oy = (ch - fh * s) / 2;
+    ctx.font = "bold 14px system-ui, sans-serif";
+    ctx.textBaseline = "bottom";
+    for (const f of result.faces) {
+      const [x1, y1, x2, y2] = f.box;
+      const color = COLORS[f.mask.label] || "#fff";
+      const x = ox + x1 * s, y = oy + y1 * s, w = (x2 - x1) * s, h = (y2 - y1) * s;
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = color;
+      ctx.strokeRect(x, y, w, h);
+      const label = faceLabel(f);
+      const tw = ctx.measureText(label).width + 8;
+      const ty = y > 20 ? y : y + h + 20;
+      const lx = Math.max(0, Math.min(x - 1.5, cw - tw)); // keep the label inside the canvas
+      ctx.fillStyle = color;
+      ctx.fillRect(lx, ty - 19, tw, 19);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(label, lx + 4.5, ty - 3);
+    }
+  }
+
+  function faceLabel(f) {
+    let s = f.track_id != null ? `#${f.track_id} ` : "";
+    s += `${f.mask.label.replace("_", " ")} ${Math.round(f.mask.confidence * 100)}%`;
+    if (genderOn && f.gender) s += ` · ${f.gender.label} ${Math.round(f.gender.confidence * 100)}%`;
+    return s;
+  }
+
+  function showFaces(result, rtt, serverMs) {
+    const labels = result.faces.map((f) => f.mask.label);
+    resultEl.dataset.labels = labels.join(",");
+    resultEl.dataset.count = String(result.faces.length);
+    resultEl.dataset.frame = String(result.frame_index);
+    resultEl.dataset.rttMs = rtt.toFixed(1);
+    resultEl.dataset.serverMs = String(serverMs);
+    resultEl.textContent = JSON.stringify(result);
+    const tbody = $("webcam-faces").querySelector("tbody");
+    tbody.replaceChildren(...result.faces.map((f) => {
+      const tr = document.createElement("tr");
+      tr.dataset.mask = f.mask.label;
+      const cells = [f.track_id ?? "–", f.mask.label, f.mask.confidence.toFixed(2)];
+      if (genderOn && f.gender) cells.push(f.gender.label, f.gender.confidence.toFixed(2));
+      cells.push(f.box.map((v) => Math.round(v)).join(", "));
+      cells.forEach((c, i) => {
+        const td = document.createElement("td");
+        td.textContent = c;
+        if (i === 1) td.className = `label-${f.mask.label}`;
+        tr.appendChild(td);
+      });
+      return tr;
+    }));
+  }
+
+  function addEvent(e) {
+    const list = $("webcam-events");
+    const hint = list.querySelector(".hint");
+    if (hint) hint.remove();
+    const li = document.createElement("li");
+    li.className = "webcam-event";
+    const text = `${new Date().toLocaleTimeString()}: no mask (track #${e.track_id ?? "?"}, ${Math.round(e.mask_confidence * 100)}%)`;
+    const a = document.createElement("a");
+    // the event is stored a moment after it is reported, so its id may not be known yet
+    a.href = e.id != null ? `/events/${e.id}` : `/events?camera=${encodeURIComponent(e.camera)}`;
+    a.textContent = text;
+    li.appendChild(a);
+    list.prepend(li);
+  }
+
+  if (startBtn) {
+    startBtn.addEventListener("click", start);
+    stopBtn.addEventListener("click", stop);
+    window.addEventListener("resize", () => { if (lastResult) draw(lastResult); });
+  }
+
+  // ---------------------------------------------------------------- server cameras
+  const cams = document.querySelectorAll("figure.cam[data-camera]");
+  async function pollCameras() {
+    try {
+      const r = await fetch("/api/cameras", { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!r.ok) return;
+      const data = await r.json();
+      for (const cam of data.cameras) {
+        const fig = [...cams].find((el) => el.dataset.camera === cam.name);
+        if (!fig) continue;
+        const set = (k, v) => { const el = fig.querySelector(`[data-field="${k}"]`); if (el) el.textContent = v; };
+        set("state", cam.state);
+        set("fps", cam.fps);
+        set("processing_ms", cam.processing_ms ?? "–");
+        set("error", cam.error || "");
+        for (const [k, v] of Object.entries(cam.counts || {})) set(k, v);
+      }
+    } catch (e) { /* the server may be restarting; try again on the next tick */ }
+  }
+  if (cams.length) { pollCameras(); setInterval(pollCameras, 1000); }
+})();

@@ -1,0 +1,129 @@
+"""Alert rules (pure logic) and the alert-related settings validation."""
+
+from __future__ import annotations
+
+from datetime import time
+
+import pytest
+from pydantic import ValidationError
+
+from maskwatch.alerts.engine import in_quiet_hours, parse_quiet_hours
+from maskwatch.alerts.rules import AlertRules
+from maskwatch.config import AlertSettings, CameraSettings, Settings, SmtpSettings
+from maskwatch.types import Attribute, Face
+
+
+def f(tid, label="no_mask", conf=0.95, x=100):
+    return Face(box=(x, 100, x + 50, 160), score=0.9, track_id=tid, mask=Attribute(label, conf))
+
+
+def run(rules, frames, fps=10.0, cam="door", t0=0.0):
+    """frames: list of face lists; returns [(frame_index, track_id)] of alerts."""
+    out = []
+    for i, faces in enumerate(frames):
+        out += [(i, a.track_id) for a in rules.update(cam, t0 + i / fps, faces)]
+    return out
+
+
+def settings(**kw):
+    base = {"min_frames": 5, "min_seconds": 1.0, "min_confidence": 0.8, "cooldown_s": 60}
+    return AlertSettings(**{**base, **kw})
+
+
+def test_needs_min_frames_and_min_seconds():
+    rules = AlertRules(settings())
+    assert run(rules, [[f(1)]] * 30) == [(10, 1)]  # 1.0 s at 10 fps = frame 10 (frames >= 5 by then)
+    rules = AlertRules(settings(min_frames=20, min_seconds=0.1))
+    assert run(rules, [[f(1)]] * 30) == [(19, 1)]
+
+
+def test_uncertain_and_low_confidence_never_alert_and_mask_resets():
+    rules = AlertRules(settings())
+    assert run(rules, [[f(1, "uncertain")]] * 50 + [[f(2, conf=0.7)]] * 50) == []
+    # 8 no_mask frames, a mask frame, then no_mask again: the run restarts at frame 9
+    frames = [[f(1)]] * 8 + [[f(1, "mask")]] + [[f(1)]] * 15
+    assert run(AlertRules(settings()), frames) == [(19, 1)]
+    # uncertain frames in between neither count nor reset
+    frames = [[f(1)]] * 3 + [[f(1, "uncertain")]] * 10 + [[f(1)]] * 5
+    assert run(AlertRules(settings()), frames) == [(14, 1)]
+
+
+def test_untracked_faces_never_alert():
+    rules = AlertRules(settings())
+    face = Face(box=(0, 0, 50, 50), score=0.9, mask=Attribute("no_mask", 0.99))
+    assert run(rules, [[face]] * 50) == []
+
+
+def test_same_track_alerts_once_per_cooldown():
+    rules = AlertRules(settings(cooldown_s=5))
+    assert run(rules, [[f(1)]] * 120) == [(10, 1), (60, 1), (110, 1)]
+
+
+def test_reentry_near_the_same_place_within_cooldown_is_the_same_person():
+    rules = AlertRules(settings())
+    frames = [[f(1)]] * 20 + [[]] * 100 + [[f(2, x=120)]] * 30  # leaves 10 s, comes back as track 2
+    assert run(rules, frames) == [(10, 1)]
+    # a different person elsewhere in the frame still alerts
+    rules = AlertRules(settings())
+    assert run(rules, [[f(1)]] * 20 + [[f(1), f(3, x=600)]] * 20) == [(10, 1), (30, 3)]
+    # after the cooldown the returning person alerts again
+    rules = AlertRules(settings(cooldown_s=5))
+    assert run(rules, [[f(1)]] * 20 + [[]] * 100 + [[f(2, x=120)]] * 30) == [(10, 1), (130, 2)]
+    # re-entry matching off
+    rules = AlertRules(settings(reentry_radius=0))
+    assert run(rules, [[f(1)]] * 20 + [[]] * 10 + [[f(2)]] * 30) == [(10, 1), (40, 2)]
+
+
+def test_reentry_with_a_quick_id_switch():
+    rules = AlertRules(settings())  # the tracker loses the person for one frame and gives a new id
+    assert run(rules, [[f(1)]] * 20 + [[f(2, x=105)]] * 40) == [(10, 1)]
+
+
+def test_cameras_are_independent_and_time_going_back_resets():
+    rules = AlertRules(settings())
+    assert run(rules, [[f(1)]] * 20, cam="a") == [(10, 1)]
+    assert run(rules, [[f(1)]] * 20, cam="b") == [(10, 1)]
+    assert run(rules, [[f(1)]] * 20, cam="a", t0=0.0) == [(10, 1)]  # the file restarted
+
+
+def test_quiet_hours():
+    w = parse_quiet_hours("22:00-06:00, 12:00-12:30")
+    assert (
+        in_quiet_hours(w, time(23, 0)) and in_quiet_hours(w, time(5, 59)) and in_quiet_hours(w, time(12, 10))
+    )
+    assert not in_quiet_hours(w, time(6, 0)) and not in_quiet_hours(w, time(12, 30))
+    with pytest.raises(ValueError):
+        parse_quiet_hours("22-6")
+    with pytest.raises(ValidationError, match="quiet hours"):
+        CameraSettings(name="a", source="0", quiet_hours="25:00-06:00")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "admin",
+        "admin@",
+        "@example.org",
+        "a b@example.org",
+        "a@b.org, c@d.org",
+        "Admin <admin@example.org",
+        "admin@exa mple.org",
+    ],
+)
+def test_malformed_recipient_rejected_at_config_time(bad):
+    with pytest.raises(ValidationError, match="not a valid email address"):
+        SmtpSettings(recipients=[bad])
+    with pytest.raises(ValidationError):
+        Settings(smtp={"recipients": ["ok@example.org", bad]})
+
+
+def test_good_recipients_and_env(monkeypatch):
+    s = SmtpSettings(recipients=["admin@example.org", "Security Desk <desk@mail.example.org>"])
+    assert len(s.recipients) == 2
+    monkeypatch.setenv("MASKWATCH_SMTP__RECIPIENTS", '["ops@example.org"]')
+    assert Settings().smtp.recipients == ["ops@example.org"]
+    monkeypatch.setenv("MASKWATCH_SMTP__RECIPIENTS", '["not an address"]')
+    with pytest.raises(ValidationError):
+        Settings()
+    with pytest.raises(ValidationError):
+        SmtpSettings(sender="maskwatch")

@@ -1,0 +1,121 @@
+"""Folder datasets, the crop rule (must equal the runtime's), prepare, synthetic masks."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from maskwatch.train import data as D
+from maskwatch.train.synth import DEFAULT_LANDMARKS_112, draw_mask
+from maskwatch.types import Face
+
+
+def _write_set(root, classes, n, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            img[:, :, ci] += 150
+            cv2.imwrite(str(root / c / f"{i}.jpg"), img)
+    return root
+
+
+def test_labels_and_tasks():
+    assert D.canonical_label("with_mask") == "mask"
+    assert D.canonical_label("without_mask") == D.canonical_label("no_mask") == "no_mask"
+    assert D.canonical_label("Male") == "man" and D.canonical_label("female") == "woman"
+    assert D.task_of_labels({"man", "woman"}) == "gender"
+    with pytest.raises(ValueError):
+        D.task_of_labels({"man", "mask"})
+
+
+def test_stratified_split_is_reproducible():
+    labels = ["a"] * 50 + ["b"] * 30
+    tr, va = D.stratified_split(labels, 0.2, seed=1)
+    assert len(va) == 16 and len(set(tr) & set(va)) == 0 and len(tr) + len(va) == 80
+    assert sum(labels[i] == "a" for i in va) == 10
+    tr2, va2 = D.stratified_split(labels, 0.2, seed=1)
+    assert (va == va2).all()
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, caplog):
+    root = _write_set(tmp_path / "set", ["man", "female"], 5)
+    (root / "man" / "broken.jpg").write_bytes(b"not a jpeg")
+    s = D.load_folder(root, 32)
+    assert s.skipped == 1 and len(s) == 10 and s.images.shape == (10, 32, 32, 3)
+    assert set(s.labels) == {"man", "woman"} and s.task == "gender"
+    assert "unreadable" in caplog.text
+
+
+def test_crop_equals_runtime_crop():
+    """Training crops are made exactly as the runtime classifier crops a detected face."""
+    from maskwatch.vision.classify import AttributeModel
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    box = (250.0, -5.0, 330.0, 90.0)  # touches two borders: edge padding
+    ours = D.crop_face(frame, box, 64, margin=0.2, square=True)
+
+    class _Stub(AttributeModel):
+        def __init__(self):  # no ONNX needed: only the crop rule
+            self.crop_rule, self.margin, self.square, self.size, self.template = (
+                "box",
+                0.2,
+                True,
+                (64, 64),
+                None,
+            )
+
+    theirs = _Stub().crop(frame, Face(box=(250, 0, 320, 90), score=0.9))
+    clipped = D.crop_face(frame, (250, 0, 320, 90), 64)
+    assert ours.shape == (64, 64, 3)
+    assert np.array_equal(clipped, theirs)
+
+
+def test_prepare_real_photos(tmp_path, shared_data, yunet_path):
+    src = tmp_path / "src"
+    for lab, folder in (
+        ("with_mask", "mask/chandrikadeb7/with_mask"),
+        ("without_mask", "mask/chandrikadeb7/without_mask"),
+    ):
+        (src / lab).mkdir(parents=True)
+        for p in sorted((shared_data / folder).iterdir())[:4]:
+            (src / lab / p.name).write_bytes(p.read_bytes())
+    (src / "with_mask" / "corrupt.jpg").write_bytes(b"\x00\x01")
+    blank = np.full((300, 300, 3), 127, np.uint8)
+    cv2.imwrite(str(src / "without_mask" / "blank.jpg"), blank)  # a photo with no face
+    rep = D.prepare(src, tmp_path / "out", size=64, yunet_path=yunet_path, progress=False)
+    assert rep["images"] == 10 and rep["unreadable"] == 1
+    assert any("blank" in f for f in rep["no_face_files"])
+    crops = list((tmp_path / "out").rglob("*.jpg"))
+    assert len(crops) == rep["written"] >= 6
+    assert all(cv2.imread(str(c)).shape == (64, 64, 3) for c in crops)
+    lm = json.loads((tmp_path / "out" / "landmarks.json").read_text())
+    assert lm["size"] == 64 and len(lm["landmarks"]) >= 6
+    s = D.load_folder(tmp_path / "out", 64)
+    assert np.isfinite(s.landmarks).all(axis=(1, 2)).sum() >= 6
+
+
+def test_synthetic_mask_covers_mouth_not_eyes():
+    rng = np.random.default_rng(3)
+    img = np.full((112, 112, 3), 200, np.uint8)
+    for k in range(20):
+        out = draw_mask(img, DEFAULT_LANDMARKS_112, np.random.default_rng(k))
+        diff = np.abs(out.astype(int) - img).sum(2)
+        mx, my = DEFAULT_LANDMARKS_112[3:].mean(0).astype(int)  # mouth centre
+        assert diff[my - 2 : my + 3, mx - 2 : mx + 3].mean() > 10
+        ex, ey = DEFAULT_LANDMARKS_112[0].astype(int)  # an eye
+        assert diff[ey - 1 : ey + 2, ex - 1 : ex + 2].mean() < 5
+    a = draw_mask(img, DEFAULT_LANDMARKS_112, np.random.default_rng(7))
+    b = draw_mask(img, DEFAULT_LANDMARKS_112, np.random.default_rng(7))
+    assert np.array_equal(a, b)
+    del rng
+
+
+def test_utkface_names():
+    assert D.utkface_meta("26_1_2_20170116174525125.jpg") == {"age": 26, "gender": 1, "race": 2}
+    assert D.utkface_meta("face_1.jpg") is None

@@ -1,0 +1,114 @@
+"""One-epoch training on tiny generated sets: outputs, ONNX equals torch, resume, corrupt files."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _write_set(root, classes, n, size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+            cv2.rectangle(img, (8, 8 + 16 * ci), (40, 20 + 16 * ci), (255, 255, 255), -1)
+            cv2.imwrite(str(root / c / f"{i}.jpg"), img)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from maskwatch.train.cli import run_training
+
+    torch.set_num_threads(2)
+    tmp = tmp_path_factory.mktemp("train")
+    mask = _write_set(tmp / "mask", ["with_mask", "without_mask"], 12)
+    gender = _write_set(tmp / "gender", ["male", "female"], 12, seed=1)
+    (gender / "male" / "corrupt.jpg").write_bytes(b"broken")
+    out = tmp / "out"
+    card = run_training(
+        "attributes", [str(mask), str(gender)], [], "mnv2-attr", out, size=32, epochs=1, batch_size=8,
+        pretrained=False, workers=2, progress=False, synthetic_mask=0.5, command="pytest",
+    )  # fmt: skip
+    return out, card, mask, gender
+
+
+def test_outputs_and_card(trained):
+    out, card, _, _ = trained
+    for f in ("attributes.onnx", "attributes.json", "history.json", "curves.png", "confusion_mask.png",
+              "confusion_gender.png", "checkpoint.pt"):  # fmt: skip
+        assert (out / f).is_file(), f
+    assert json.loads((out / "attributes.json").read_text()) == card
+    assert card["input"]["size"] == [32, 32] and card["crop"]["rule"] == "box"
+    assert card["outputs"]["mask"]["labels"] == ["mask", "no_mask"]
+    assert card["outputs"]["gender"]["labels"] == ["man", "woman"]
+    for h in ("mask", "gender"):
+        assert 0.5 <= card["outputs"][h]["uncertain_threshold"] <= 0.95
+        assert "accuracy" in card["metrics"]["validation"][h]
+    assert card["training"]["command"] == "pytest" and card["training"]["date"]
+    gender_data = [d for d in card["data"]["train"] if d["task"] == "gender"][0]
+    assert gender_data["skipped_unreadable"] == 1 and gender_data["counts"] == {"man": 12, "woman": 12}
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["epochs"]) == 1 and "val" in hist["epochs"][0]
+
+
+def test_onnx_matches_torch(trained):
+    import onnxruntime as ort
+
+    from maskwatch.train.nets import build
+
+    out, card, _, _ = trained
+    model = build("mnv2-attr", ("mask", "gender"), pretrained=False)
+    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+    sess = ort.InferenceSession(str(out / "attributes.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["mask", "gender"], {"input": x})
+    np.testing.assert_allclose(got[0], ref["mask"].numpy(), atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(got[1], ref["gender"].numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_runtime_loads_the_card(trained):
+    from maskwatch.vision.classify import AttributeClassifier
+
+    out, _, _, _ = trained
+    clf = AttributeClassifier.from_dir(out)
+    assert clf.tasks == {"mask", "gender"}
+
+
+def test_resume_continues(trained, tmp_path):
+    import shutil
+
+    from maskwatch.train.cli import run_training
+
+    out, _, mask, _ = trained
+    run = tmp_path / "run"
+    run_training("mask", [str(mask)], [], "mnv2-attr", run, size=32, epochs=1, batch_size=8, pretrained=False,
+                 workers=2, progress=False, export_onnx=False)  # fmt: skip
+    run_training("mask", [str(mask)], [], "mnv2-attr", run, size=32, epochs=2, batch_size=8, pretrained=False,
+                 workers=2, progress=False, resume=True, export_onnx=False)  # fmt: skip
+    hist = json.loads((run / "history.json").read_text())
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
+    shutil.rmtree(run)
+
+
+def test_sample_weights_balance_tasks_and_classes():
+    from maskwatch.train.loop import Split, sample_weights
+
+    labels = np.array([[0, -1]] * 10 + [[1, -1]] * 30 + [[1, 0]] * 5 + [[1, 1]] * 55)
+    primary = np.array([0] * 40 + [1] * 60)
+    n = len(labels)
+    s = Split(
+        np.zeros((n, 4, 4, 3), np.uint8), labels, np.zeros((n, 5, 2)), np.zeros(n), np.zeros(n, bool), primary
+    )
+    w = sample_weights(s, primary)
+    assert np.isclose(w[:10].sum(), 0.25) and np.isclose(w[10:40].sum(), 0.25)
+    assert np.isclose(w[40:45].sum(), 0.25) and np.isclose(w[45:].sum(), 0.25)

@@ -1,0 +1,492 @@
+"""Web app through FastAPI's TestClient: auth, CSRF, REST API, uploads, pages, settings, live WebSocket.
+
+Uses the real Store, AlertEngine, detector (YuNet copy from ../shared, else res10) and a tiny on-the-fly
+attribute model (tests/vision_helpers.py), so no trained model is needed here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from maskwatch.alerts import AlertEngine, MailWorker
+from maskwatch.store import MailDraft, Store
+from maskwatch.types import Attribute
+from maskwatch.web import create_app
+from maskwatch.web.auth import LoginLimiter, safe_next
+from maskwatch.web.cameras import redact_source
+from vision_helpers import make_tiny_model
+from web_helpers import PASSWORD, csrf_from, face_tiles, jpeg, login, scene, shared_yunet, web_settings
+
+
+@pytest.fixture(scope="session")
+def tiles():
+    """Two face photos (one masked, one not): ../shared's real ones, else a fallback (web_helpers)."""
+    return face_tiles()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("models"))
+
+
+def _make(tmp_path, tiny_models, *, users=True, **extra):
+    settings = web_settings(tmp_path, model_dir=tiny_models, yunet=shared_yunet(), **extra)
+    store = Store.from_settings(settings)
+    if users:
+        store.add_user("admin", PASSWORD)
+    app = create_app(
+        settings,
+        store=store,
+        alerts=AlertEngine(settings, store),
+        mailer=MailWorker(settings, store),
+        start_background=False,
+    )
+    return app, store
+
+
+@pytest.fixture
+def web(tmp_path, tiny_models):
+    app, store = _make(tmp_path, tiny_models)
+    with TestClient(app, base_url="http://testserver") as client:
+        yield client, app.state.runtime
+    store.close()
+
+
+@pytest.fixture
+def authed(web):
+    client, rt = web
+    assert login(client).status_code == 303
+    return client, rt
+
+
+def _csrf(client, path="/settings"):
+    return csrf_from(client.get(path).text)
+
+
+# -- health, headers, anonymous access ------------------------------------------------------------
+
+
+def test_health_is_public_and_headers_are_safe(web):
+    client, _ = web
+    r = client.get("/api/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/upload",
+        "/events",
+        "/events.csv",
+        "/stats",
+        "/outbox",
+        "/settings",
+        "/api/docs",
+        "/events/1/snapshot.jpg",
+    ],
+)
+def test_pages_redirect_to_login(web, path):
+    client, _ = web
+    r = client.get(path, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/events", "/api/stats", "/api/cameras", "/api/status", "/api/openapi.json"]
+)
+def test_api_needs_auth(web, path):
+    client, _ = web
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_detect_needs_auth(web, tiles):
+    client, _ = web
+    r = client.post("/api/detect", files={"file": ("a.jpg", jpeg(scene(tiles)), "image/jpeg")})
+    assert r.status_code == 401
+
+
+def test_safe_next_blocks_open_redirects():
+    assert safe_next("/events?page=2") == "/events?page=2"
+    for bad in ("https://evil.example", "//evil.example", "/\\evil", None, ""):
+        assert safe_next(bad) == "/"
+
+
+def test_redact_source_hides_credentials():
+    assert redact_source("rtsp://user:secret@10.0.0.5/stream") == "rtsp://***@10.0.0.5/stream"
+
+
+# -- login, CSRF, rate limit, setup -----------------------------------------------------------------
+
+
+def test_login_logout_and_csrf(web):
+    client, _ = web
+    r = client.post("/login", data={"username": "admin", "password": PASSWORD}, follow_redirects=False)
+    assert r.status_code == 403  # no CSRF token
+    r = login(client, password="wrong password")
+    assert r.status_code == 401 and "Wrong user name or password" in r.text
+    r = login(client)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert client.get("/").status_code == 200
+    token = _csrf(client, "/")
+    assert client.post("/logout", data={}, follow_redirects=False).status_code == 403
+    assert client.post("/logout", data={"csrf_token": token}, follow_redirects=False).status_code == 303
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_login_rate_limit(web):
+    client, rt = web
+    rt.limiter = LoginLimiter(max_failures=3, window_s=60)
+    for _ in range(3):
+        assert login(client, password="wrong password").status_code == 401
+    r = login(client)  # even the right password waits now
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
+
+def test_first_run_setup(tmp_path, tiny_models):
+    app, store = _make(tmp_path, tiny_models, users=False)
+    rt = app.state.runtime
+    assert rt.setup_token
+    with TestClient(app) as client:
+        assert "one-time setup link" in client.get("/login").text
+        assert client.get("/setup").status_code == 404
+        assert client.get("/setup?token=wrong").status_code == 404
+        page = client.get(f"/setup?token={rt.setup_token}")
+        assert page.status_code == 200
+        form = {"csrf_token": csrf_from(page.text), "token": rt.setup_token, "username": "boss"}
+        r = client.post("/setup", data={**form, "password": "short", "password2": "short"})
+        assert r.status_code == 400 and "at least 8" in r.text
+        r = client.post(
+            "/setup", data={**form, "password": PASSWORD, "password2": PASSWORD}, follow_redirects=False
+        )
+        assert r.status_code == 303
+        assert client.get("/").status_code == 200  # logged in
+        assert store.verify_user("boss", PASSWORD)
+        assert client.get(f"/setup?token={form['token']}").status_code == 404  # once only
+    store.close()
+
+
+# -- REST API -----------------------------------------------------------------------------------------
+
+
+def test_api_with_bearer_token(authed, tiles):
+    client, rt = authed
+    page = client.post("/settings/tokens", data={"csrf_token": _csrf(client), "label": "test"})
+    token = re.search(r"(mw_[\w-]+)", page.text).group(1)
+    api = TestClient(client.app)  # no cookies: only the token
+    h = {"Authorization": f"Bearer {token}"}
+    assert api.get("/api/cameras", headers=h).json()["cameras"] == []
+    assert api.get("/api/events", headers=h).json()["total"] == 0
+    assert "buckets" in api.get("/api/stats?bucket=minute", headers=h).json()
+    assert "/api/detect" in api.get("/api/openapi.json", headers=h).json()["paths"]
+    r = api.post("/api/detect", headers=h, files={"file": ("s.jpg", jpeg(scene(tiles)), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["frame_size"] == [640, 480]
+    assert len(body["faces"]) == 2
+    for face in body["faces"]:
+        assert set(face) >= {"box", "score", "landmarks", "track_id", "mask", "gender"}
+        assert face["mask"]["label"] in ("mask", "no_mask", "uncertain")
+        assert 0 <= face["mask"]["confidence"] <= 1
+        x1, y1, x2, y2 = face["box"]
+        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+
+
+def test_session_api_post_needs_csrf_header(authed, tiles):
+    client, _ = authed
+    files = {"file": ("s.jpg", jpeg(scene(tiles)), "image/jpeg")}
+    assert client.post("/api/detect", files=files).status_code == 403
+    r = client.post("/api/detect", files=files, headers={"X-CSRF-Token": _csrf(client)})
+    assert r.status_code == 200
+
+
+def test_detect_rejects_bad_uploads(authed):
+    client, _ = authed
+    h = {"X-CSRF-Token": _csrf(client)}
+    cases = [
+        ({"file": ("a.txt", b"hello, not an image", "text/plain")}, 415),
+        ({"file": ("a.jpg", b"", "image/jpeg")}, 400),
+        ({"file": ("a.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 100, "image/jpeg")}, 422),  # corrupt JPEG
+        ({"file": ("evil.jpg", b"#!/bin/sh\nrm -rf /\n", "image/jpeg")}, 415),  # name/type lie
+        ({"other": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}, 422),  # no 'file' field
+    ]
+    for files, status in cases:
+        r = client.post("/api/detect", files=files, headers=h)
+        assert r.status_code == status, (files, r.status_code, r.text)
+        assert "detail" in r.json()
+
+
+def test_upload_size_limit(tmp_path, tiny_models):
+    app, store = _make(tmp_path, tiny_models, web={"max_upload_mb": 1})
+    with TestClient(app) as client:
+        login(client)
+        big = b"\xff\xd8\xff\xe0" + b"\x00" * (2 << 20)
+        r = client.post(
+            "/api/detect",
+            files={"file": ("big.jpg", big, "image/jpeg")},
+            headers={"X-CSRF-Token": _csrf(client)},
+        )
+        assert r.status_code == 413 and "limit is 1 MB" in r.json()["detail"]
+    store.close()
+
+
+# -- pages ---------------------------------------------------------------------------------------------
+
+
+def _add_event(store, camera="door", minutes_ago=0, label="no_mask"):
+    img = np.full((120, 160, 3), 90, np.uint8)
+    return store.add_event(
+        camera=camera,
+        time=datetime.now(UTC) - timedelta(minutes=minutes_ago),
+        track_id=3,
+        mask=Attribute(label, 0.93),
+        gender=Attribute("woman", 0.81),
+        snapshot_jpeg=jpeg(img),
+    )
+
+
+def test_events_pages_csv_and_api(authed):
+    client, rt = authed
+    ev = _add_event(rt.store, "=cmd|calc")
+    _add_event(rt.store, "lobby", minutes_ago=90)
+    page = client.get("/events")
+    assert page.status_code == 200 and f'data-event-id="{ev.id}"' in page.text and "2 events" in page.text
+    assert "apparent" in page.text.lower()
+    only = client.get("/events?camera=lobby")
+    assert "1 event" in only.text and f'data-event-id="{ev.id}"' not in only.text
+    since = (datetime.now(UTC) - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M")
+    assert "1 event" in client.get(f"/events?since={since}").text
+    assert client.get("/events?since=yesterday").status_code == 400
+    thumb = client.get(f"/events/{ev.id}/thumb.jpg")
+    assert thumb.status_code == 200 and thumb.content[:3] == b"\xff\xd8\xff"
+    assert client.get(f"/events/{ev.id}/snapshot.jpg").status_code == 200
+    assert client.get(f"/events/{ev.id}").status_code == 200
+    assert client.get("/events/999999").status_code == 404
+    assert client.get("/events/../../etc/passwd/snapshot.jpg").status_code == 404
+    csv_text = client.get("/events.csv").text
+    lines = csv_text.strip().splitlines()
+    assert lines[0].startswith("id,time_utc,camera") and len(lines) == 3
+    assert "'=cmd|calc" in csv_text  # spreadsheet formula neutralised
+    api = client.get("/api/events?limit=1").json()
+    assert api["total"] == 2 and api["events"][0]["snapshot_url"].endswith("/snapshot.jpg")
+    assert "snapshot" not in api["events"][0]
+
+
+def test_stats_page_and_api(authed, tiles):
+    client, rt = authed
+    result = rt.session("door").process(scene(tiles), 0, time.time())[0]
+    rt.store.record_frame("door", result)
+    page = client.get("/stats?range=1h")
+    assert page.status_code == 200 and page.text.count("<svg") >= 3 and "apparent gender" in page.text
+    data = client.get("/api/stats?bucket=minute").json()
+    assert data["totals"]["people"] == 2 and "man" in data["totals"]
+
+
+def test_outbox_pages(authed):
+    client, rt = authed
+    mid = rt.store.queue_mail(MailDraft(subject="No mask at door", text="Someone <b>", html="<p>hi</p>"))
+    page = client.get("/outbox")
+    assert "No mask at door" in page.text and "queued" in page.text
+    msg = client.get(f"/outbox/{mid}")
+    assert msg.status_code == 200 and "Someone &lt;b&gt;" in msg.text and 'sandbox=""' in msg.text
+    assert client.get("/outbox/424242").status_code == 404
+
+
+def test_upload_photo_page(authed, tiles):
+    client, _ = authed
+    page = client.get("/upload")
+    r = client.post(
+        "/upload",
+        data={"csrf_token": csrf_from(page.text)},
+        files={"file": ("people.jpg", jpeg(scene(tiles)), "image/jpeg")},
+    )
+    assert r.status_code == 200, r.text
+    assert r.text.count("<tr data-mask=") == 2
+    rid = re.search(r"/upload/([\w-]+)/media", r.text).group(1)
+    media = client.get(f"/upload/{rid}/media")
+    assert media.status_code == 200 and media.content[:3] == b"\xff\xd8\xff"
+    result = client.get(f"/upload/{rid}/result.json")
+    assert "attachment" in result.headers["content-disposition"] and len(result.json()["faces"]) == 2
+    assert TestClient(client.app).get(f"/upload/{rid}/media", follow_redirects=False).status_code == 303
+    bad = client.post(
+        "/upload",
+        data={"csrf_token": csrf_from(page.text)},
+        files={"file": ("x.exe", b"MZ\x90\x00binary", "application/octet-stream")},
+    )
+    assert bad.status_code == 415 and "unsupported file type" in bad.text
+
+
+def test_upload_video(authed, tiles, tmp_path):
+    client, _ = authed
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    frame = scene(tiles)
+    for _ in range(8):
+        writer.write(frame)
+    writer.release()
+    page = client.get("/upload")
+    r = client.post(
+        "/upload",
+        data={"csrf_token": csrf_from(page.text)},
+        files={"file": ("clip.avi", path.read_bytes(), "video/x-msvideo")},
+    )
+    assert r.status_code == 200, r.text
+    assert "8 frames analysed, 2 tracked people" in r.text
+    rid = re.search(r"/upload/([\w-]+)/media", r.text).group(1)
+    media = client.get(f"/upload/{rid}/media")
+    assert media.headers["content-type"] == "video/webm" and media.content[:4] == b"\x1a\x45\xdf\xa3"
+    assert len(client.get(f"/upload/{rid}/result.json").json()["frames"]) == 8
+
+
+def test_settings_save_validate_and_gender_off(authed):
+    client, rt = authed
+    page = client.get("/settings")
+    assert page.status_code == 200 and "apparent gender" in page.text.lower()
+    form = {k: v for k, v in re.findall(r'<input name="([\w.]+)" value="([^"]*)"', page.text)}
+    form.update(
+        {
+            "csrf_token": csrf_from(page.text),
+            "detector.score_threshold": "0.7",
+            "alerts.enabled": "on",
+            "smtp.recipients": "a@example.org, b@example.org",
+            "smtp.security": "ssl",
+            "privacy.retention_days": "7",
+            "cam-0-name": "door",
+            "cam-0-source": "rtsp://u:p@cam/1",
+            "cam-0-enabled": "on",
+        }
+    )
+    r = client.post("/settings", data=form, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    s = rt.settings
+    assert s.detector.score_threshold == 0.7 and s.privacy.retention_days == 7
+    assert s.smtp.recipients == ["a@example.org", "b@example.org"] and s.smtp.security == "ssl"
+    assert [c.name for c in s.cameras] == ["door"] and not s.privacy.gender_enabled  # checkbox left off
+    assert rt.store.get_setting_overrides()["detector"]["score_threshold"] == "0.7"
+    cams = client.get("/api/cameras").json()
+    assert cams["gender"] is False and cams["cameras"][0]["source"] == "rtsp://***@cam/1"
+    assert "Man" not in client.get("/").text and "apparent gender" not in client.get("/stats").text
+    form["detector.score_threshold"] = "5"
+    bad = client.post("/settings", data=form)
+    assert bad.status_code == 400 and "score_threshold" in bad.text
+    assert rt.settings.detector.score_threshold == 0.7
+    form.update({"detector.score_threshold": "0.7", "cam-1-name": "door", "cam-1-source": "1"})
+    dup = client.post("/settings", data=form)
+    assert dup.status_code == 400 and "unique" in dup.text
+    assert len(rt.settings.cameras) == 1
+
+
+def test_add_user_from_settings(authed):
+    client, rt = authed
+    r = client.post(
+        "/settings/users",
+        data={"csrf_token": _csrf(client), "username": "ops", "password": "another long password"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and rt.store.verify_user("ops", "another long password")
+
+
+# -- live -----------------------------------------------------------------------------------------------
+
+
+def test_webcam_websocket(authed, tiles):
+    client, rt = authed
+    frame = jpeg(scene(tiles))
+    with client.websocket_connect("/ws/webcam") as ws:
+        for i in range(3):
+            ws.send_bytes(frame)
+            msg = ws.receive_json()
+            assert msg["type"] == "result" and msg["seq"] == i + 1
+            assert len(msg["result"]["faces"]) == 2 and msg["counts"]["people"] == 2
+        assert msg["result"]["faces"][0]["track_id"] is not None
+        ws.send_bytes(b"garbage")
+        assert ws.receive_json()["type"] == "error"
+    assert rt.alerts.health["frames"] >= 3  # the webcam goes through the alert engine
+
+
+def test_webcam_websocket_refuses_anonymous_and_cross_site(web):
+    client, _ = web
+    with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect("/ws/webcam") as ws:
+        ws.receive_json()
+    assert exc.value.code == 1008
+    login(client)
+    with (
+        pytest.raises(WebSocketDisconnect),
+        client.websocket_connect("/ws/webcam", headers={"Origin": "http://evil.example"}) as ws,
+    ):
+        ws.receive_json()
+
+
+class _FakeSource:
+    is_live = True
+
+    def __init__(self, image):
+        self.image = image
+
+    def __iter__(self):
+        from maskwatch.sources import Frame
+
+        for i in range(10_000):
+            time.sleep(0.02)
+            yield Frame(i, time.time(), self.image, "fake")
+
+    def close(self):
+        pass
+
+
+def test_camera_worker_streams(tmp_path, tiny_models, tiles):
+    image = scene(tiles)
+    settings = web_settings(
+        tmp_path, model_dir=tiny_models, yunet=shared_yunet(), cameras=[{"name": "door", "source": "0"}]
+    )
+    store = Store.from_settings(settings)
+    store.add_user("admin", PASSWORD)
+    app = create_app(
+        settings,
+        store=store,
+        open_source=lambda *a, **k: _FakeSource(image),
+        mailer=MailWorker(settings, store),
+    )
+    with TestClient(app) as client:
+        login(client)
+        deadline = time.time() + 20
+        cam = {}
+        while time.time() < deadline:
+            cam = client.get("/api/cameras").json()["cameras"][0]
+            if cam["frames"] >= 3:
+                break
+            time.sleep(0.2)
+        assert cam["state"] == "running" and cam["counts"]["people"] == 2, cam
+        frame = client.get("/live/cameras/door/frame.jpg")
+        assert cv2.imdecode(np.frombuffer(frame.content, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
+        assert client.get("/live/cameras/nope/stream.mjpg").status_code == 404
+        assert 'src="/live/cameras/door/stream.mjpg"' in client.get("/").text
+    store.close()
+
+
+def test_api_docs_page(authed):
+    client, _ = authed
+    page = client.get("/api/docs")
+    assert page.status_code == 200 and "/api/detect" in page.text and "/api/health" in page.text
+
+
+def test_no_inline_scripts_in_pages(authed):
+    client, _ = authed
+    for path in ("/", "/upload", "/events", "/stats", "/outbox", "/settings", "/api/docs"):
+        html = client.get(path).text
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
+        assert not re.search(r"<[^>]+\son[a-z]+=", html), path
+        assert not re.search(r"<[^>]+\sstyle=", html), path
