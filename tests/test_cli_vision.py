@@ -108,9 +108,14 @@ def test_bench_grid_mosaic(cli, shared_data):
         "--grid",
         "2",
         "--no-compare",
+        "--detect-every",
+        "2",
+        "--threads",
+        "1",
     )
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
+    assert d["detect_every"] == 2 and d["cpu_threads"] == 1
     assert d["grid"] == 2 and d["faces_per_frame"] >= 3 and "res10" not in d
 
 

@@ -190,3 +190,28 @@ def test_detect_every_still_detects_each_frame_without_faces(clf):
         pipe.process(np.full((48, 64, 3), 30, np.uint8))
     assert det.calls == 4  # nothing to follow: look for new faces on every frame
     assert Pipeline(det, clf, track=False, detect_every=5).detect_every == 1
+
+
+@pytest.mark.parametrize(
+    "video, expected",
+    [
+        ("Gituatu_face-mask-detection__mask.mp4", "mask"),
+        ("Gituatu_face-mask-detection__nomask.mp4", "no_mask"),
+    ],
+)
+def test_real_video_with_the_bundled_model(shared_data, yunet_path, video, expected):
+    """The shipped model through the whole pipeline on real clips (skipped until a model is installed)."""
+    from maskwatch.vision.classify import ModelNotFoundError
+
+    try:
+        clf = AttributeClassifier.from_dir()
+    except ModelNotFoundError:
+        pytest.skip("no trained model installed in src/maskwatch/models yet")
+    pipe = Pipeline(YuNetDetector(yunet_path), clf, detect_every=2)
+    with open_source(shared_data / "videos" / video) as src:
+        labels = [
+            f.mask.label
+            for frame, _ in zip(src, range(40), strict=False)
+            for f in pipe.process(frame.image).faces
+        ]
+    assert len(labels) >= 35 and labels.count(expected) >= 0.8 * len(labels), labels

@@ -73,6 +73,8 @@ class SecurityHeaders:
                 ]
                 if not static and b"cache-control" not in names:
                     extra.append((b"cache-control", b"no-store"))
+                if scope.get("scheme") == "https":
+                    extra.append((b"strict-transport-security", b"max-age=31536000"))
                 headers.extend(h for h in extra if h[0] not in names)
                 message["headers"] = headers
             await send(message)
@@ -130,10 +132,12 @@ def create_app(
     mailer: Any = None,
     open_source: Any = None,
     start_background: bool = True,
+    https: bool = False,
 ) -> FastAPI:
     """Build the app. Collaborators default to the real ones built from `settings`.
 
-    `start_background=False` (tests) runs no mail worker, camera threads or retention job.
+    `start_background=False` (tests) runs no mail worker, camera threads or retention job;
+    `https=True` (served with TLS) marks the session cookie Secure.
     """
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +212,7 @@ def create_app(
         session_cookie=SESSION_COOKIE,
         max_age=SESSION_MAX_AGE_S,
         same_site="lax",
-        https_only=False,
+        https_only=https,
     )
     app.add_middleware(BodyLimit, max_upload_bytes=settings.web.max_upload_mb << 20)
     app.add_middleware(SecurityHeaders)

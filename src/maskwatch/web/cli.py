@@ -47,7 +47,7 @@ def serve(host, port, config_file, ssl_certfile, ssl_keyfile) -> None:
     if settings.alerts.base_url == AlertSettings().base_url:  # not configured: links in emails use this URL
         settings = apply_overrides(settings, {"alerts": {"base_url": url}})
     try:
-        app = create_app(settings)
+        app = create_app(settings, https=bool(ssl_certfile))
     except Exception as exc:  # e.g. the database cannot be opened: one clear line, no traceback
         raise click.ClickException(f"cannot start: {exc}") from exc
     rt = app.state.runtime
