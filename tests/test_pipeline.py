@@ -103,6 +103,14 @@ def test_no_faces_and_reset(clf):
     assert pipe.process(np.zeros((48, 64, 3), np.uint8)).frame_index == 0
 
 
+def test_grey_and_bgra_frames(clf):
+    pipe = Pipeline(FakeDetector([[(10, 10, 60, 60)]]), clf, track=False)
+    assert len(pipe.process(np.zeros((48, 64), np.uint8)).faces) == 1
+    assert pipe.process(np.zeros((48, 64, 4), np.uint8)).frame_size == (64, 48)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        pipe.process(np.zeros((48, 64, 3), np.float32))
+
+
 def test_package_exports():
     import maskwatch.vision as vision
 

@@ -15,12 +15,24 @@ from __future__ import annotations
 
 import time
 
+import cv2
 import numpy as np
 
 from maskwatch.types import UNCERTAIN, UNKNOWN, Attribute, Face, FrameResult
 from maskwatch.vision.classify import AttributeClassifier
 from maskwatch.vision.detect import FaceDetector, create_detector
 from maskwatch.vision.track import IouTracker, Track
+
+
+def as_bgr(frame: np.ndarray) -> np.ndarray:
+    """A 3-channel uint8 BGR view of `frame` (grayscale and BGRA frames are converted)."""
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 BGR frame, got shape {frame.shape} {frame.dtype}")
+    return frame
 
 
 class Pipeline:
@@ -98,6 +110,7 @@ class Pipeline:
         frame_index: int | None = None,
         timestamp: float | None = None,
     ) -> FrameResult:
+        frame_bgr = as_bgr(frame_bgr)
         t0 = time.perf_counter()
         coast = self.detect_every > 1 and self._last and self._since_detect < self.detect_every - 1
         faces = [] if coast else self.detector.detect(frame_bgr)
