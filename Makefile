@@ -33,8 +33,12 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
+# Development figures on ../shared (read by path, never copied into the repo).
+SHARED ?= ../shared
+YUNET ?= $(SHARED)/models/face_detection_yunet.onnx
+
 bench: $(VENV)/.runtime
-	$(BIN)/maskwatch bench ../shared/data/videos/*.mp4 --frames 300 --json bench.json
+	$(BIN)/maskwatch bench $(SHARED)/data/videos/*.mp4 --frames 300 --yunet $(YUNET) --json bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,6 +41,8 @@ def default_cache_dir() -> Path:
 
 
 class DetectorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
     backend: Literal["auto", "yunet", "res10"] = "auto"  # auto: YuNet when available, else res10
     yunet_path: Path | None = None  # a local YuNet ONNX; else cached download
     yunet_url: str = YUNET_URL
@@ -48,9 +50,12 @@ class DetectorSettings(BaseModel):
     allow_download: bool = True
     score_threshold: float = Field(0.6, ge=0.05, le=0.99)
     min_face_px: int = Field(16, ge=8)
+    detect_every: int = Field(1, ge=1, le=10)  # live video: run the detector every Nth frame, track between
 
 
 class ModelSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
     model_dir: Path | None = None  # None: the bundled defaults in maskwatch/models
     uncertain_threshold: float | None = Field(None, ge=0.5, le=1.0)  # None: the model card's value
     reclassify_every: int = Field(10, ge=1)  # frames between re-classifying a stable track
@@ -60,6 +65,8 @@ QUIET_HOURS_RE = re.compile(r"([01]?\d|2[0-3]):[0-5]\d\s*-\s*([01]?\d|2[0-3]):[0
 
 
 class CameraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
     name: str
     source: str  # camera index ("0"), video file path, or rtsp/http URL
     enabled: bool = True
@@ -90,6 +97,8 @@ def check_email_address(value: str) -> str:
 
 
 class SmtpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
     host: str | None = None  # None: emails stay in the outbox, viewable in the app
     port: int = 587
     security: Literal["starttls", "ssl", "none"] = "starttls"
@@ -117,6 +126,8 @@ class SmtpSettings(BaseModel):
 
 
 class AlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
     enabled: bool = True
     min_frames: int = Field(5, ge=1)
     min_seconds: float = Field(1.0, ge=0)
@@ -130,12 +141,16 @@ class AlertSettings(BaseModel):
 
 
 class PrivacySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
     gender_enabled: bool = True
     blur_snapshots: bool = False
     retention_days: int = Field(30, ge=1)
 
 
 class WebSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     secret_key: str | None = None  # None: generated once and kept in the data directory

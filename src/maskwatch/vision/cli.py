@@ -90,9 +90,9 @@ def common_options(f):
     @click.option(
         "--detect-every",
         type=click.IntRange(1, 10),
-        default=1,
-        show_default=True,
-        help="Videos: run the detector on every Nth frame, moving tracked faces in between (faster).",
+        default=None,
+        help="Videos: run the detector on every Nth frame, moving tracked faces in between (faster; "
+        "default: detector.detect_every, 1).",
     )
     @functools.wraps(f)
     def wrapper(*args, config_file, model_dir, yunet_path, detector, no_gender, detect_every, **kwargs):
@@ -108,10 +108,12 @@ def common_options(f):
                 over["detector"]["yunet_path"] = str(yunet_path)
             if model_dir:
                 over["models"]["model_dir"] = str(model_dir)
+            if detect_every:
+                over["detector"]["detect_every"] = detect_every
             if no_gender:
                 over["privacy"] = {"gender_enabled": False}
             settings = apply_overrides(settings, over)
-        return f(*args, settings=settings, detect_every=detect_every, **kwargs)
+        return f(*args, settings=settings, detect_every=settings.detector.detect_every, **kwargs)
 
     return wrapper
 

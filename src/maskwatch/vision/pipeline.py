@@ -79,7 +79,7 @@ class Pipeline:
         detector: FaceDetector | None = None,
         classifier: AttributeClassifier | None = None,
         track: bool = True,
-        detect_every: int = 1,
+        detect_every: int | None = None,
     ) -> Pipeline:
         """A pipeline configured by `Settings`; pass `detector` / `classifier` to share loaded models."""
         classifier = classifier or AttributeClassifier.from_dir(
@@ -92,7 +92,7 @@ class Pipeline:
             track=track,
             reclassify_every=settings.models.reclassify_every,
             gender=settings.privacy.gender_enabled,
-            detect_every=detect_every,
+            detect_every=settings.detector.detect_every if detect_every is None else detect_every,
         )
 
     def reset(self) -> None:
