@@ -106,3 +106,27 @@ def test_evaluate_unknown_task(tmp_path, bundled):
     clf = AttributeClassifier.from_dir(bundled)
     with pytest.raises(Exception, match="no 'age' output"):
         E._owner(clf, "age")
+
+
+def test_update_card(tmp_path, bundled):
+    import shutil
+
+    d = _crops_dir(tmp_path / "crops")
+    model = tmp_path / "model"
+    shutil.copytree(bundled, model)
+    card = model / "attributes.json"
+    args = [
+        "crops",
+        "--task",
+        "mask",
+        str(d),
+        "--model",
+        str(model),
+        "--update-card",
+        str(card),
+        "--key",
+        "tiny",
+    ]
+    res = CliRunner().invoke(E.evaluate, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(card.read_text())["metrics"]["tiny"]["n"] == 6

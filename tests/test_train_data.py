@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from maskwatch.train import data as D
-from maskwatch.train.synth import DEFAULT_LANDMARKS_112, draw_mask
+from maskwatch.train.synth import DEFAULT_LANDMARKS_112, draw_mask, occlude
 from maskwatch.types import Face
 
 
@@ -119,3 +119,21 @@ def test_synthetic_mask_covers_mouth_not_eyes():
 def test_utkface_names():
     assert D.utkface_meta("26_1_2_20170116174525125.jpg") == {"age": 26, "gender": 1, "race": 2}
     assert D.utkface_meta("face_1.jpg") is None
+
+
+def test_occlusion_pastes_part_of_another_image():
+    img = np.full((64, 64, 3), 10, np.uint8)
+    src = np.full((64, 64, 3), 250, np.uint8)
+    changed = [int((occlude(img, src, np.random.default_rng(k)) != img).any(axis=2).sum()) for k in range(10)]
+    assert all(0 < c < 64 * 64 for c in changed)
+
+
+def test_cli_lists_commands_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, maskwatch.cli as c; names = set(c.main.commands); "
+        "assert {'train', 'prepare', 'evaluate'} <= names, names; assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     out = tmp / "out"
     card = run_training(
         "attributes", [str(mask), str(gender)], [], "mnv2-attr", out, size=32, epochs=1, batch_size=8,
-        pretrained=False, workers=2, progress=False, synthetic_mask=0.5, command="pytest",
+        pretrained=False, workers=2, progress=False, synthetic_mask=0.5, occlusion=0.5, command="pytest",
     )  # fmt: skip
     return out, card, mask, gender
 
@@ -112,3 +112,40 @@ def test_sample_weights_balance_tasks_and_classes():
     w = sample_weights(s, primary)
     assert np.isclose(w[:10].sum(), 0.25) and np.isclose(w[10:40].sum(), 0.25)
     assert np.isclose(w[40:45].sum(), 0.25) and np.isclose(w[45:].sum(), 0.25)
+
+
+def test_train_command(tmp_path):
+    from click.testing import CliRunner
+
+    from maskwatch.train.cli import train
+
+    d = _write_set(tmp_path / "g", ["man", "woman"], 6)
+    args = ["gender", "--data", str(d), "--arch", "mnv2-attr", "--out", str(tmp_path / "o"), "--size", "32"]
+    args += [
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-pretrained",
+        "--no-progress",
+        "--workers",
+        "1",
+        "--threads",
+        "2",
+        "--quantize",
+    ]
+    res = CliRunner().invoke(train, args)
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "o" / "gender.json").read_text())
+    assert list(card["outputs"]) == ["gender"] and (tmp_path / "o" / "gender.onnx").is_file()
+    assert (
+        card["quantization"]["float_model"] == "gender-fp32.onnx"
+        and (tmp_path / "o" / "gender-fp32.onnx").is_file()
+    )
+    from maskwatch.vision.classify import AttributeClassifier
+
+    clf = AttributeClassifier.from_dir(tmp_path / "o")  # the int8 graph runs in the app
+    probs = clf.predict(
+        np.zeros((64, 64, 3), np.uint8), [__import__("maskwatch").Face(box=(8, 8, 56, 56), score=0.9)]
+    )
+    assert probs["gender"].shape == (1, 2)

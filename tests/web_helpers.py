@@ -122,7 +122,8 @@ def login(client, user: str = "admin", password: str = PASSWORD):
     page = client.get("/login")
     token = csrf_from(page.text)
     return client.post(
-        "/login", data={"username": user, "password": password, "csrf_token": token, "next": "/"},
+        "/login",
+        data={"username": user, "password": password, "csrf_token": token, "next": "/"},
         follow_redirects=False,
     )
 
@@ -152,14 +153,24 @@ def seed_history(store, tiles: dict, *, hours: int = 24, events: int = 30, seed:
                 for tid in range(rng.randint(1, 6)):
                     mask = rng.choices(["mask", "no_mask", "uncertain"], [0.7, 0.2, 0.1])[0]
                     gender = rng.choice(["man", "woman", "uncertain"])
-                    faces.append(Face((10.0 * tid, 0, 10.0 * tid + 8, 8), 0.9, track_id=tid + 1,
-                                      mask=Attribute(mask, 0.9), gender=Attribute(gender, 0.8)))
+                    faces.append(
+                        Face(
+                            (10.0 * tid, 0, 10.0 * tid + 8, 8),
+                            0.9,
+                            track_id=tid + 1,
+                            mask=Attribute(mask, 0.9),
+                            gender=Attribute(gender, 0.8),
+                        )
+                    )
                 store.record_frame(cam, FrameResult(cam, 0, at.timestamp(), faces), at=at, flush=False)
     store.flush_stats(now=now)
     snap = jpeg(scene(tiles, faces=("unmasked",)))
     for i in range(events):
         store.add_event(
-            camera=rng.choice(["door", "lobby"]), time=now - timedelta(minutes=30 + 47 * i), track_id=i + 1,
+            camera=rng.choice(["door", "lobby"]),
+            time=now - timedelta(minutes=30 + 47 * i),
+            track_id=i + 1,
             mask=Attribute("no_mask", round(rng.uniform(0.8, 0.99), 3)),
-            gender=Attribute(rng.choice(["man", "woman"]), 0.8), snapshot_jpeg=snap,
+            gender=Attribute(rng.choice(["man", "woman"]), 0.8),
+            snapshot_jpeg=snap,
         )

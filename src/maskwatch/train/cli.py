@@ -73,6 +73,10 @@ def run_training(
     export_onnx: bool = True,
     time_budget_s: float | None = None,
     occlusion: float | None = None,
+    low_res: float | None = None,
+    mask_from_gender: bool = True,
+    quantize: bool = False,
+    quantize_samples: int = 400,
 ) -> dict:
     """Train, export ONNX + model card + plots into `out`. Returns the card."""
     import torch
@@ -111,9 +115,9 @@ def run_training(
         num_workers=workers,
         pretrained=pretrained,
         time_budget_s=time_budget_s,
-        occlusion_p=(0.25 if arch == "mnv2-attr" and "mask" in heads else 0.0)
-        if occlusion is None
-        else occlusion,
+        occlusion_p=occlusion or 0.0,
+        low_res_p=0.35 if low_res is None else low_res,
+        gender_faces_unmasked=mask_from_gender,
     )
     # load data; split each task's data 80/20 unless a validation folder of that task is given
     train_sets, val_sets, data_card = [], [], []
@@ -210,6 +214,17 @@ def run_training(
     model.cpu().eval()
     if export_onnx:
         export.export_onnx(model, out / onnx_name, size)
+        if quantize:
+            fp32 = out / onnx_name.replace(".onnx", "-fp32.onnx")
+            (out / onnx_name).replace(fp32)
+            rng = np.random.default_rng(seed)
+            pick = rng.choice(len(tr_split), size=min(quantize_samples, len(tr_split)), replace=False)
+            calib = tr_split.images[np.sort(pick)]
+            if calib.shape[1] != size:
+                import cv2
+
+                calib = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_LINEAR) for c in calib])
+            export.quantize_int8(fp32, out / onnx_name, calib, mean, std)
     metrics["parameters"] = history["parameters"]
     metrics["best_epoch"] = history.get("best_epoch")
     card = export.make_card(
@@ -229,6 +244,15 @@ def run_training(
         metrics=metrics,
         fairness=fairness,
         command=command or "maskwatch " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        extra={
+            "quantization": {
+                "type": "int8 static, QDQ, per-channel weights (onnxruntime)",
+                "calibration_images": quantize_samples,
+                "float_model": fp32.name,
+            }
+        }
+        if quantize and export_onnx
+        else None,
     )
     export.write_card(card, out / onnx_name.replace(".onnx", ".json"))
     return card
@@ -280,7 +304,29 @@ def _positions(source: np.ndarray) -> list[int]:
 @click.option(
     "--synthetic-mask", type=float, default=None, help="Probability of drawing a mask on an unmasked face."
 )
-@click.option("--occlusion", type=float, default=None, help="Probability of hiding part of an unmasked face.")
+@click.option(
+    "--occlusion",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Probability of hiding part of an unmasked face (it stays no_mask).",
+)
+@click.option(
+    "--low-res",
+    type=float,
+    default=0.35,
+    show_default=True,
+    help="Probability of a down-and-up scaling to 12-48 px (small faces).",
+)
+@click.option(
+    "--mask-from-gender/--no-mask-from-gender",
+    default=True,
+    show_default=True,
+    help="attributes: gender folders also train the mask head (no_mask, or mask when one is drawn).",
+)
+@click.option(
+    "--quantize", is_flag=True, help="Ship int8 (static, QDQ) ONNX; the float one is kept as NAME-fp32.onnx."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--limit-per-class", type=int, default=None, help="Use at most N images per class and folder.")
@@ -308,6 +354,9 @@ def train(
     patience,
     synthetic_mask,
     occlusion,
+    low_res,
+    mask_from_gender,
+    quantize,
     device,
     resume,
     limit_per_class,
@@ -342,6 +391,9 @@ def train(
         patience=patience,
         synthetic_mask=synthetic_mask,
         occlusion=occlusion,
+        low_res=low_res,
+        mask_from_gender=mask_from_gender,
+        quantize=quantize,
         device=device,
         resume=resume,
         limit_per_class=limit_per_class,

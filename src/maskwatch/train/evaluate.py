@@ -60,6 +60,9 @@ def metrics(
         "per_class": per_class,
         "no_face": sum(p == NO_FACE for p in y_pred),
     }
+    detected = [i for i, p in enumerate(y_pred) if p != NO_FACE]
+    if out["no_face"] and detected:
+        out["accuracy_detected"] = _r(np.mean([correct[i] for i in detected]))
     if uncertain is not None and n:
         unc = np.asarray(uncertain, bool)
         out["uncertain"] = int(unc.sum())

@@ -39,7 +39,7 @@ class TrainConfig:
     synthetic_mask: float = 0.0  # probability of drawing a mask on a sample that has no mask label
     gender_faces_unmasked: bool = True  # gender sets teach the mask head `no_mask` (and `mask` when drawn)
     augment: bool = True
-    low_res_p: float = 0.5  # probability of a down-up scale (small faces in scenes)
+    low_res_p: float = 0.35  # probability of a down-up scale (small faces in scenes)
     occlusion_p: float = 0.0  # probability of hiding part of an unmasked face (stays `no_mask`)
     jpeg_p: float = 0.25
     max_steps_per_epoch: int | None = None
@@ -359,7 +359,7 @@ def train(
             imgs = np.concatenate([p[0] for p in parts])
             drawn = np.concatenate([p[1] for p in parts])
             labels = train_split.labels[idx].copy()
-            if "mask" in model.heads and drawn.any():
+            if "mask" in model.heads and drawn.any() and cfg.gender_faces_unmasked:
                 labels[drawn, model.heads.index("mask")] = TASK_LABELS["mask"].index("mask")
             return imgs, labels
 
