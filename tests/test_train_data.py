@@ -116,6 +116,24 @@ def test_synthetic_mask_covers_mouth_not_eyes():
     del rng
 
 
+def test_mask_worn_wrongly_leaves_nose_or_mouth_bare():
+    img = np.zeros((112, 112, 3), np.uint8)
+    img[:] = (30, 160, 30)  # a colour no mask has
+    nx, ny = DEFAULT_LANDMARKS_112[2].astype(int)  # nose tip
+    mx, my = DEFAULT_LANDMARKS_112[3:].mean(0).astype(int)  # mouth centre
+
+    def changed(worn, k):
+        out = draw_mask(img, DEFAULT_LANDMARKS_112, np.random.default_rng(k), worn=worn)
+        return np.abs(out.astype(int) - img).sum(2)[:, 30:82] > 10  # the face's width, no ear loops
+
+    for k in range(10):
+        proper, below_nose, chin = changed("correct", k), changed("below_nose", k), changed("chin", k)
+        top = [int(np.argmax(m.any(1))) for m in (proper, below_nose, chin)]
+        assert top[0] < top[1] < top[2]
+        assert proper[my, mx - 30] and below_nose[my, mx - 30] and not below_nose[ny - 1, nx - 30]
+        assert not chin[my - 1, mx - 30]
+
+
 def test_utkface_names():
     assert D.utkface_meta("26_1_2_20170116174525125.jpg") == {"age": 26, "gender": 1, "race": 2}
     assert D.utkface_meta("face_1.jpg") is None

@@ -73,6 +73,8 @@ def run_training(
     export_onnx: bool = True,
     time_budget_s: float | None = None,
     occlusion: float | None = None,
+    incorrect_mask: float = 0.0,
+    init: str | Path | None = None,
     low_res: float | None = None,
     mask_from_gender: bool = True,
     quantize: bool = False,
@@ -116,6 +118,7 @@ def run_training(
         pretrained=pretrained,
         time_budget_s=time_budget_s,
         occlusion_p=occlusion or 0.0,
+        incorrect_mask_p=incorrect_mask,
         low_res_p=0.35 if low_res is None else low_res,
         gender_faces_unmasked=mask_from_gender,
     )
@@ -171,6 +174,8 @@ def run_training(
     )
 
     model = build(arch, heads, pretrained=pretrained)
+    if init:  # fine-tune from earlier weights (a state dict, e.g. OUT/best.pt of another run)
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     history = train(model, tr_split, va_split, cfg, out, resume=resume, progress=progress)
     history["parameters"] = {"trainable": count_params(model), "total": count_params(model, False)}
     (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -312,6 +317,19 @@ def _positions(source: np.ndarray) -> list[int]:
     help="Probability of hiding part of an unmasked face (it stays no_mask).",
 )
 @click.option(
+    "--incorrect-mask",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Probability of drawing a mask worn below the nose or on the chin on an unmasked face (no_mask).",
+)
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Start from these weights (a state dict .pt, e.g. best.pt of an earlier run): fine-tuning.",
+)
+@click.option(
     "--low-res",
     type=float,
     default=0.35,
@@ -354,6 +372,8 @@ def train(
     patience,
     synthetic_mask,
     occlusion,
+    incorrect_mask,
+    init,
     low_res,
     mask_from_gender,
     quantize,
@@ -391,6 +411,8 @@ def train(
         patience=patience,
         synthetic_mask=synthetic_mask,
         occlusion=occlusion,
+        incorrect_mask=incorrect_mask,
+        init=init,
         low_res=low_res,
         mask_from_gender=mask_from_gender,
         quantize=quantize,

@@ -251,9 +251,12 @@ def evaluate_faces(
     yunet: str | None = None,
     limit: int | None = None,
     seed: int = 0,
+    pad: float = 0.0,
 ) -> dict:
     """Each image goes through detect -> largest face -> classify. Images without a detected face count
-    as errors (`no_face`). `synthetic_mask` draws a mask on every detected face first, then detects again."""
+    as errors (`no_face`). `synthetic_mask` draws a mask on every detected face first, then detects again.
+    `pad` puts each image in a gray border of that fraction of its longer side on every side first: face
+    crop datasets cut faces at the chin and brow, where a camera frame would show context around them."""
     from maskwatch.train.synth import draw_mask
 
     classifier = model if hasattr(model, "heads") else load_classifier(model)
@@ -270,6 +273,9 @@ def evaluate_faces(
         if img is None:
             skipped += 1
             continue
+        if pad > 0:
+            b = int(round(pad * max(img.shape[:2])))
+            img = cv2.copyMakeBorder(img, b, b, b, b, cv2.BORDER_CONSTANT, value=(128, 128, 128))
         faces = det.detect(img)
         if synthetic_mask and faces:
             rng = np.random.default_rng([seed, k])
@@ -298,6 +304,7 @@ def evaluate_faces(
         "model": m.name,
         "detector": getattr(det, "name", detector),
         "synthetic_mask": synthetic_mask,
+        "pad": pad,
         **metrics(labels, preds, classifier.heads[task].labels, unc),
         "skipped_unreadable": skipped,
         "ms_per_face": round(t_cls * 1e3 / max(1, n_cls), 3),
@@ -533,12 +540,27 @@ def crops_cmd(task, data_dir, framing, fairness, model, json_out, limit, update_
 @click.option(
     "--synthetic-mask", is_flag=True, help="Draw a synthetic mask on each face first (gender under masks)."
 )
+@click.option(
+    "--pad",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Put each image in a gray border of this fraction of its longer side first (tight face crops "
+    "have none of the context a camera frame has; 0.25 is typical).",
+)
 @_with_detector
 @_with_common
-def faces_cmd(task, data_dir, synthetic_mask, detector, yunet, model, json_out, limit, update_card, key):
+def faces_cmd(task, data_dir, synthetic_mask, pad, detector, yunet, model, json_out, limit, update_card, key):
     """Each image of DATA_DIR goes through detect -> largest face -> classify; no face counts as an error."""
     r = evaluate_faces(
-        data_dir, task, model, synthetic_mask=synthetic_mask, detector=detector, yunet=yunet, limit=limit
+        data_dir,
+        task,
+        model,
+        synthetic_mask=synthetic_mask,
+        pad=pad,
+        detector=detector,
+        yunet=yunet,
+        limit=limit,
     )
     _emit(r, json_out, update_card, key)
 

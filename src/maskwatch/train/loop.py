@@ -41,6 +41,7 @@ class TrainConfig:
     augment: bool = True
     low_res_p: float = 0.35  # probability of a down-up scale (small faces in scenes)
     occlusion_p: float = 0.0  # probability of hiding part of an unmasked face (stays `no_mask`)
+    incorrect_mask_p: float = 0.0  # probability of a mask worn below the nose / on the chin (`no_mask`)
     jpeg_p: float = 0.25
     max_steps_per_epoch: int | None = None
     num_workers: int = 8
@@ -112,6 +113,15 @@ def sample_weights(split: Split, primary: np.ndarray | None = None) -> np.ndarra
 
 
 # -------------------------------------------------------------------------------------- augmentation
+def _landmarks_or_default(lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A crop's landmarks (units of its side), or the typical ones jittered where unknown."""
+    if np.isnan(lm).any():
+        from maskwatch.train.data import DEFAULT_LANDMARKS
+
+        return DEFAULT_LANDMARKS + rng.normal(0, 0.015, (5, 2))
+    return lm
+
+
 def cpu_augment(
     batch: np.ndarray,
     landmarks: np.ndarray,
@@ -127,21 +137,19 @@ def cpu_augment(
     side = batch.shape[1]
     for i in range(len(batch)):
         if cfg.synthetic_mask > 0 and may_synth[i] and rng.random() < cfg.synthetic_mask:
-            lm = landmarks[i]
-            if np.isnan(lm).any():
-                from maskwatch.train.data import DEFAULT_LANDMARKS
-
-                lm = DEFAULT_LANDMARKS + rng.normal(0, 0.015, (5, 2))
-            out[i] = draw_mask(out[i], lm * side, rng)
+            out[i] = draw_mask(out[i], _landmarks_or_default(landmarks[i], rng) * side, rng)
             drawn[i] = True
-        elif (
-            cfg.augment
-            and may_occlude is not None
-            and may_occlude[i]
-            and len(batch) > 1
-            and rng.random() < cfg.occlusion_p
-        ):
-            out[i] = occlude(out[i], batch[(i + 1 + rng.integers(len(batch) - 1)) % len(batch)], rng)
+        elif cfg.augment and may_occlude is not None and may_occlude[i]:
+            r = rng.random()
+            if r < cfg.incorrect_mask_p:
+                out[i] = draw_mask(
+                    out[i],
+                    _landmarks_or_default(landmarks[i], rng) * side,
+                    rng,
+                    worn=str(rng.choice(["below_nose", "chin"])),
+                )
+            elif len(batch) > 1 and r < cfg.incorrect_mask_p + cfg.occlusion_p:
+                out[i] = occlude(out[i], batch[(i + 1 + rng.integers(len(batch) - 1)) % len(batch)], rng)
         if cfg.augment and rng.random() < cfg.jpeg_p:
             q = int(rng.integers(25, 85))
             ok, enc = cv2.imencode(".jpg", out[i][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])

@@ -41,8 +41,13 @@ PALETTE = [
 ]
 
 
+# Where the mask's top edge sits, in eye-to-mouth distances below the eyes: over the nose bridge when
+# worn properly; below the nose tip or under the mouth when worn wrongly (which counts as `no_mask`).
+TOP_EDGE = {"correct": (0.32, 0.55), "below_nose": (0.72, 0.85), "chin": (1.12, 1.25)}
+
+
 def _outline(
-    lm: np.ndarray, rng: np.random.Generator, shape: str
+    lm: np.ndarray, rng: np.random.Generator, shape: str, worn: str = "correct"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Polygon (N, 2) of the mask plus its frame (top centre, down vector, across unit vector)."""
     re, le, nose, rm, lmo = lm
@@ -59,7 +64,7 @@ def _outline(
     de = max(de, 0.6 * L)
     # yaw: the nose tip is off the eye-mouth axis; shift the mask's centre line toward it a little
     yaw_shift = float(np.dot(nose - (eye_c + 0.55 * down), across))
-    t_top = rng.uniform(0.32, 0.55)
+    t_top = rng.uniform(*TOP_EDGE[worn])
     t_chin = rng.uniform(1.55, 1.95)
     top = eye_c + t_top * down + across * yaw_shift * 0.5
     chin = eye_c + t_chin * down + across * yaw_shift * 0.3
@@ -91,14 +96,20 @@ def _outline(
 
 
 def draw_mask(
-    image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator | None = None, *, rgb: bool = True
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    rng: np.random.Generator | None = None,
+    *,
+    rgb: bool = True,
+    worn: str = "correct",
 ) -> np.ndarray:
-    """A copy of `image` (H, W, 3 uint8) with a synthetic mask over nose, mouth and chin."""
+    """A copy of `image` (H, W, 3 uint8) with a synthetic mask over nose, mouth and chin, or, with
+    `worn` = `below_nose` / `chin`, a mask worn wrongly (nose, or nose and mouth, left bare)."""
     rng = rng if rng is not None else np.random.default_rng()
     lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     H, W = image.shape[:2]
     shape = str(rng.choice(["surgical", "surgical", "n95", "cloth"]))
-    poly, top, vert, across = _outline(lm, rng, shape)
+    poly, top, vert, across = _outline(lm, rng, shape, worn)
     # work inside the polygon's bounding box only (fast on large frames)
     pad = 3
     x0, y0 = max(0, int(np.floor(poly[:, 0].min())) - pad), max(0, int(np.floor(poly[:, 1].min())) - pad)
