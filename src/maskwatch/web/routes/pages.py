@@ -77,7 +77,12 @@ def login(request: Request, rt: RuntimeDep, form: CsrfForm):
         return see_other(next_path)
     rt.limiter.fail(client, name)
     return render(
-        request, "login.html", 401, next=next_path, error="Wrong user name or password.", setup=False,
+        request,
+        "login.html",
+        401,
+        next=next_path,
+        error="Wrong user name or password.",
+        setup=False,
         username=name,
     )
 
