@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench models clean
+.PHONY: run test lint bench models evaluate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,35 @@ YUNET ?= $(SHARED)/models/face_detection_yunet.onnx
 
 bench: $(VENV)/.runtime
 	$(BIN)/maskwatch bench $(SHARED)/data/videos/*.mp4 --frames 300 --yunet $(YUNET) --json bench.json
+
+# Retrain the shipped attribute model from ../shared/data (a GPU makes the first step minutes, not hours).
+CROPS := runs/crops
+MODEL := src/maskwatch/models
+models: $(VENV)/.dev
+	$(BIN)/maskwatch prepare $(SHARED)/data/mask/facemask12k/train $(CROPS)/fm12k_train --yunet $(YUNET)
+	$(BIN)/maskwatch prepare $(SHARED)/data/mask/facemask12k/val $(CROPS)/fm12k_val --yunet $(YUNET)
+	$(BIN)/maskwatch prepare $(SHARED)/data/mask/chandrikadeb7 $(CROPS)/chandrika --yunet $(YUNET)
+	$(BIN)/maskwatch prepare $(SHARED)/data/gender/utkface $(CROPS)/utkface --yunet $(YUNET)
+	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
+	    --data $(CROPS)/utkface --val $(CROPS)/fm12k_val --arch mnv2-attr --epochs 30 --batch-size 256 \
+	    --patience 5 --out runs/models/base
+	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
+	    --data $(CROPS)/utkface --val $(CROPS)/fm12k_val --arch mnv2-attr --init runs/models/base/best.pt \
+	    --epochs 6 --max-steps 200 --batch-size 64 --lr 2e-4 --patience 6 --no-mask-from-gender \
+	    --occlusion 0.25 --incorrect-mask 0.2 --low-res 0.5 --quantize --out runs/models/attributes
+	cp runs/models/attributes/attributes.onnx runs/models/attributes/attributes.json $(MODEL)/
+	$(MAKE) evaluate
+
+# The figures of the model card (and the README): quoted from these commands' JSON.
+evaluate: $(VENV)/.dev
+	$(BIN)/maskwatch evaluate crops --task mask $(SHARED)/data/mask/facemask12k/test \
+	    --update-card $(MODEL)/attributes.json --key facemask12k_test_crops
+	$(BIN)/maskwatch evaluate faces --task gender $(SHARED)/data/gender/balajisrinivas --yunet $(YUNET) \
+	    --update-card $(MODEL)/attributes.json --key balajisrinivas_faces
+	$(BIN)/maskwatch evaluate faces --task gender $(SHARED)/data/gender/balajisrinivas --yunet $(YUNET) \
+	    --synthetic-mask --update-card $(MODEL)/attributes.json --key balajisrinivas_faces_synthetic_mask
+	$(BIN)/maskwatch evaluate scenes $(SHARED)/data/scenes/dev --yunet $(YUNET) \
+	    --update-card $(MODEL)/attributes.json --key scenes_dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

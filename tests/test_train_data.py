@@ -132,6 +132,11 @@ def test_mask_worn_wrongly_leaves_nose_or_mouth_bare():
         assert top[0] < top[1] < top[2]
         assert proper[my, mx - 30] and below_nose[my, mx - 30] and not below_nose[ny - 1, nx - 30]
         assert not chin[my - 1, mx - 30]
+    # a face at the bottom edge: the mask falls (almost) outside the image, which keeps its size
+    for dy in range(20, 80, 2):
+        for worn in ("correct", "below_nose", "chin"):
+            low = DEFAULT_LANDMARKS_112 + (0, dy)
+            assert draw_mask(img, low, np.random.default_rng(dy), worn=worn).shape == img.shape
 
 
 def test_utkface_names():

@@ -125,7 +125,7 @@ def draw_mask(
     alpha = np.zeros((h, w), np.uint8)
     cv2.fillPoly(alpha, [np.round(poly * ss).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
     if not alpha.any():
-        return image.copy()
+        return full.copy()  # the polygon fell outside the image
     k = max(1, int(round(min(H, W) / 150))) * 2 + 1
     alpha_f = cv2.GaussianBlur(alpha, (k, k), 0).astype(np.float32) / 255.0
 
