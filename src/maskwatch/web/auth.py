@@ -114,6 +114,17 @@ def password_problem(password: str, repeat: str | None = None) -> str | None:
     return None
 
 
+def create_user(store, name: str, password: str, repeat: str | None = None) -> str | None:
+    """Add an administrator; the problem (for the user) when the name or password is not acceptable."""
+    problem = password_problem(password, repeat) or (None if name else "Choose a user name.")
+    if problem is None:
+        try:
+            store.add_user(name, password)
+        except ValueError as exc:
+            problem = str(exc)
+    return problem
+
+
 class LoginLimiter:
     """At most `max_failures` failed logins per client address and per user name within `window_s`."""
 

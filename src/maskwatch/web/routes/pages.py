@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from maskwatch.web import forms
 from maskwatch.web.analysis import BadMedia, ModelsUnavailable, analyze_upload, encode_jpeg
-from maskwatch.web.auth import client_address, login_session, password_problem, safe_next, session_user
+from maskwatch.web.auth import client_address, create_user, login_session, safe_next, session_user
 from maskwatch.web.charts import bar_chart, line_chart, time_axis
 from maskwatch.web.deps import CsrfForm, PageUser, RuntimeDep, read_upload, utc
 from maskwatch.web.templating import templates
@@ -112,12 +112,7 @@ def setup(request: Request, rt: RuntimeDep, form: CsrfForm):
         raise HTTPException(404, "Setup is finished or the setup link is not valid. Use the login page.")
     name = str(form.get("username") or "").strip()
     password, repeat = str(form.get("password") or ""), str(form.get("password2") or "")
-    problem = password_problem(password, repeat) or (None if name else "Choose a user name.")
-    if problem is None:
-        try:
-            rt.store.add_user(name, password)
-        except ValueError as exc:
-            problem = str(exc)
+    problem = create_user(rt.store, name, password, repeat)
     if problem:
         return render(request, "setup.html", 400, token=token, error=problem, name=name)
     rt.setup_token = None
@@ -461,13 +456,7 @@ def save_settings(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfFo
 @router.post("/settings/users")
 def add_user(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
     name = str(form.get("username") or "").strip()
-    password = str(form.get("password") or "")
-    problem = password_problem(password) or (None if name else "Choose a user name.")
-    if problem is None:
-        try:
-            rt.store.add_user(name, password)
-        except ValueError as exc:
-            problem = str(exc)
+    problem = create_user(rt.store, name, str(form.get("password") or ""))
     if problem:
         return _settings_page(request, rt, 400, errors=[problem])
     return see_other("/settings?saved=1#users")
