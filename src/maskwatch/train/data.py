@@ -101,44 +101,23 @@ def stratified_split(
 
 
 # ----------------------------------------------------------------------------------------- crop rule
-def crop_square(
-    box: Sequence[float], margin: float = 0.2, square: bool = True
-) -> tuple[float, float, float, float]:
-    """The region the card's `box` rule crops: `box` grown by `margin` of its size per side, made square."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    w, h = x2 - x1, y2 - y1
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    w2, h2 = w * (1 + 2 * margin), h * (1 + 2 * margin)
-    if square:
-        w2 = h2 = max(w2, h2)
-    return cx - w2 / 2, cy - h2 / 2, cx + w2 / 2, cy + h2 / 2
-
-
-def crop_transform(box: Sequence[float], size: int, margin: float = 0.2, square: bool = True) -> np.ndarray:
-    """2x3 affine matrix mapping frame pixels to crop pixels (for `cv2.warpAffine` and landmarks)."""
-    x1, y1, x2, y2 = crop_square(box, margin, square)
-    sx, sy = size / (x2 - x1), size / (y2 - y1)
-    # pixel centres: crop pixel i covers frame [x1 + i/sx, x1 + (i+1)/sx)
-    return np.array(
-        [[sx, 0, -x1 * sx + 0.5 * sx - 0.5], [0, sy, -y1 * sy + 0.5 * sy - 0.5]], dtype=np.float64
-    )
-
-
 def crop_face(
     image: np.ndarray, box: Sequence[float], size: int, margin: float = 0.2, square: bool = True
 ) -> np.ndarray:
     """The card's `box` crop rule, exactly as the runtime does it (`maskwatch.vision.geometry`): grow by
     `margin`, make square, pad with edge pixels, resize to `size` x `size`."""
-    from maskwatch.vision.geometry import crop_resize
+    from maskwatch.vision.geometry import crop_resize, expand_box
 
-    return crop_resize(image, crop_square(box, margin, square), (size, size))
+    return crop_resize(image, expand_box(box, margin, square=square), (size, size))
 
 
 def landmarks_in_crop(
     landmarks: np.ndarray, box: Sequence[float], size: int, margin: float = 0.2, square: bool = True
 ) -> np.ndarray:
     """Landmarks (5x2 frame pixels) in crop pixels of `crop_face(..., box, size, margin, square)`."""
-    x1, y1, x2, y2 = crop_square(box, margin, square)
+    from maskwatch.vision.geometry import expand_box
+
+    x1, y1, x2, y2 = expand_box(box, margin, square=square)
     pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
     return np.stack([(pts[:, 0] - x1) * size / (x2 - x1), (pts[:, 1] - y1) * size / (y2 - y1)], 1)
 

@@ -316,9 +316,10 @@ def evaluate_faces(
 
 
 def _box_landmarks(box) -> np.ndarray:
-    from maskwatch.train.data import DEFAULT_LANDMARKS, crop_square
+    from maskwatch.train.data import DEFAULT_LANDMARKS
+    from maskwatch.vision.geometry import expand_box
 
-    x1, y1, x2, y2 = crop_square(box, 0.2, True)
+    x1, y1, x2, y2 = expand_box(box, 0.2, square=True)
     return np.stack([x1 + DEFAULT_LANDMARKS[:, 0] * (x2 - x1), y1 + DEFAULT_LANDMARKS[:, 1] * (y2 - y1)], 1)
 
 
