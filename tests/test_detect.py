@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 
 from maskwatch.config import DetectorSettings, default_cache_dir
+from maskwatch.types import Face
 from maskwatch.vision.detect import (
     DetectorError,
     FaceDetector,
     Res10Detector,
+    StillPhotoDetector,
     YuNetDetector,
     create_detector,
     ensure_yunet,
+    still_photo_detector,
 )
 from maskwatch.vision.geometry import iou_matrix
 from vision_helpers import padded_crop, voc_boxes
@@ -182,3 +185,62 @@ def test_shared_detector_is_thread_safe(shared_data, yunet, res10):
         with ThreadPoolExecutor(4) as pool:
             parallel = list(pool.map(lambda im, d=det: [f.box for f in d.detect(im)], imgs * 2))
         assert parallel == serial * 2
+
+
+class OneFaceTopLeft:
+    """A stand-in detector with a known answer: one face near the top-left corner of whatever it sees."""
+
+    name = "fixed"
+
+    def detect(self, frame):
+        lm = [(12, 14), (22, 14), (17, 19), (13, 24), (21, 24)]
+        return [Face(box=(10.0, 10.0, 24.0, 28.0), score=0.9, landmarks=lm)]
+
+
+def test_still_photo_detector_maps_mirror_detections_back():
+    faces = StillPhotoDetector(OneFaceTopLeft()).detect(np.zeros((60, 100, 3), np.uint8))
+    assert [f.box for f in faces] == [(10.0, 10.0, 24.0, 28.0), (76.0, 10.0, 90.0, 28.0)]
+    lm = np.array(faces[1].landmarks)
+    # the mirror's "right eye" (image left) is the person's left eye: image x 100-12 = 88, listed second
+    assert lm[:, 0].tolist() == [78.0, 88.0, 83.0, 79.0, 87.0]
+    assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0]
+
+
+def test_still_photo_detector_merges_and_keeps_plain_faces(shared_data, yunet):
+    thorough = StillPhotoDetector(yunet)
+    for p in sorted((shared_data / "scenes/dev/images").glob("*.jpg"))[:8]:
+        img = cv2.imread(str(p))
+        plain = [f.box for f in yunet.detect(img)]
+        both = [f.box for f in thorough.detect(img)]
+        assert len(both) >= len(plain)
+        if plain:  # every plain face is still there, each once
+            assert (iou_matrix(plain, both).max(1) >= 0.5).all()
+        if len(both) > 1:
+            ious = iou_matrix(both, both) - np.eye(len(both))
+            assert ious.max() <= 0.3
+
+
+def test_still_photo_detector_finds_faces_in_tight_crops(shared_data, yunet):
+    """Masked faces cropped at brow and chin: the border retry finds faces a plain pass misses."""
+    from maskwatch.train.synth import draw_mask
+
+    thorough = StillPhotoDetector(yunet)
+    plain_found = thorough_found = 0
+    for k, p in enumerate(sorted((shared_data / "gender/balajisrinivas/woman").glob("*.jpg"))[:40]):
+        img = cv2.imread(str(p))
+        faces = yunet.detect(img)
+        if not faces:
+            continue
+        img = draw_mask(img, np.array(faces[0].landmarks), np.random.default_rng(k), rgb=False)
+        plain_found += bool(yunet.detect(img))
+        found = thorough.detect(img)
+        thorough_found += bool(found)
+        h, w = img.shape[:2]
+        assert all(0 <= f.box[0] < f.box[2] <= w and 0 <= f.box[1] < f.box[3] <= h for f in found)
+    assert thorough_found > plain_found, (thorough_found, plain_found)
+    assert StillPhotoDetector(yunet, border=0).detect(np.full((80, 80, 3), 90, np.uint8)) == []
+
+
+def test_still_photo_detector_follows_settings(yunet):
+    assert isinstance(still_photo_detector(yunet, DetectorSettings()), StillPhotoDetector)
+    assert still_photo_detector(yunet, DetectorSettings(thorough_stills=False)) is yunet

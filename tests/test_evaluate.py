@@ -98,8 +98,9 @@ def test_evaluate_faces_real(shared_data, bundled, yunet_path, tmp_path):
     assert r["per_class"]["man"]["n"] == 4
     rm = E.evaluate_faces(d, "gender", bundled, yunet=str(yunet_path), synthetic_mask=True)
     assert rm["synthetic_mask"] is True and rm["n"] == 7
-    rp = E.evaluate_faces(d, "gender", bundled, yunet=str(yunet_path), synthetic_mask=True, pad=0.25)
-    assert rp["pad"] == 0.25 and rp["no_face"] >= 1  # the blank image still has no face
+    assert rm["thorough"] is True and rm["no_face"] >= 1  # the blank image has no face, even in a border
+    rs = E.evaluate_faces(d, "gender", bundled, yunet=str(yunet_path), synthetic_mask=True, thorough=False)
+    assert rs["thorough"] is False and rs["no_face"] >= rm["no_face"]
 
 
 def test_evaluate_unknown_task(tmp_path, bundled):

@@ -51,6 +51,9 @@ class DetectorSettings(BaseModel):
     score_threshold: float = Field(0.6, ge=0.05, le=0.99)
     min_face_px: int = Field(16, ge=8)
     detect_every: int = Field(1, ge=1, le=10)  # live video: run the detector every Nth frame, track between
+    # photos (uploads, `detect` on image files, `evaluate`): also search the mirror image, and inside a
+    # border when nothing is found (tight face crops); video streams never (it doubles detection time)
+    thorough_stills: bool = True
 
 
 class ModelSettings(BaseModel):

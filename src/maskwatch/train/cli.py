@@ -321,7 +321,8 @@ def _positions(source: np.ndarray) -> list[int]:
     type=float,
     default=0.0,
     show_default=True,
-    help="Probability of drawing a mask worn below the nose or on the chin on an unmasked face (no_mask).",
+    help="Probability of drawing a mask worn below the nose or on the chin on an unmasked face (no_mask); "
+    "as many get a properly worn one (mask), so only the position tells them apart.",
 )
 @click.option(
     "--init",

@@ -164,16 +164,18 @@ def _owner(classifier, task: str):
     return classifier._owner[task]
 
 
-def _detector(backend: str, yunet: str | None, score: float | None = None):
+def _detector(backend: str, yunet: str | None, score: float | None = None, *, thorough: bool = True):
+    """The runtime's detector for photos (`thorough`: as the app runs it on uploads and image files)."""
     from maskwatch.config import DetectorSettings
     from maskwatch.train.data import default_yunet_path
-    from maskwatch.vision.detect import create_detector
+    from maskwatch.vision.detect import create_detector, still_photo_detector
 
     path = Path(yunet) if yunet else default_yunet_path()
-    kw = {"backend": backend, "yunet_path": path}
+    kw = {"backend": backend, "yunet_path": path, "thorough_stills": thorough}
     if score is not None:
         kw["score_threshold"] = score
-    return create_detector(DetectorSettings(**kw))
+    settings = DetectorSettings(**kw)
+    return still_photo_detector(create_detector(settings), settings)
 
 
 def _predict_labels(classifier, task: str, probs: np.ndarray) -> tuple[list[str], list[bool]]:
@@ -251,17 +253,16 @@ def evaluate_faces(
     yunet: str | None = None,
     limit: int | None = None,
     seed: int = 0,
-    pad: float = 0.0,
+    thorough: bool = True,
 ) -> dict:
     """Each image goes through detect -> largest face -> classify. Images without a detected face count
     as errors (`no_face`). `synthetic_mask` draws a mask on every detected face first, then detects again.
-    `pad` puts each image in a gray border of that fraction of its longer side on every side first: face
-    crop datasets cut faces at the chin and brow, where a camera frame would show context around them."""
+    `thorough`: the app's photo detector (mirror pass, border retry); False: one plain pass."""
     from maskwatch.train.synth import draw_mask
 
     classifier = model if hasattr(model, "heads") else load_classifier(model)
     m = _owner(classifier, task)
-    det = _detector(detector, yunet)
+    det = _detector(detector, yunet, thorough=thorough)
     items = [(p, lab) for p, lab in list_images(data_dir) if lab in TASK_LABELS[task]]
     if limit:
         rng = np.random.default_rng(0)
@@ -273,9 +274,6 @@ def evaluate_faces(
         if img is None:
             skipped += 1
             continue
-        if pad > 0:
-            b = int(round(pad * max(img.shape[:2])))
-            img = cv2.copyMakeBorder(img, b, b, b, b, cv2.BORDER_CONSTANT, value=(128, 128, 128))
         faces = det.detect(img)
         if synthetic_mask and faces:
             rng = np.random.default_rng([seed, k])
@@ -304,7 +302,7 @@ def evaluate_faces(
         "model": m.name,
         "detector": getattr(det, "name", detector),
         "synthetic_mask": synthetic_mask,
-        "pad": pad,
+        "thorough": thorough,
         **metrics(labels, preds, classifier.heads[task].labels, unc),
         "skipped_unreadable": skipped,
         "ms_per_face": round(t_cls * 1e3 / max(1, n_cls), 3),
@@ -365,12 +363,14 @@ def evaluate_scenes(
     yunet: str | None = None,
     limit: int | None = None,
     score: float | None = None,
+    thorough: bool = True,
 ) -> dict:
     """Detection recall/precision at IoU >= 0.5 (overall and by face size = sqrt(w*h) of the annotated
-    box) and mask accuracy on matched faces (`mask_weared_incorrect` counts as `no_mask`)."""
+    box) and mask accuracy on matched faces (`mask_weared_incorrect` counts as `no_mask`).
+    `thorough`: the app's photo detector (mirror pass, border retry); False: one plain pass."""
     classifier = model if hasattr(model, "heads") else load_classifier(model)
     has_mask = "mask" in classifier.heads
-    det = _detector(detector, yunet, score)
+    det = _detector(detector, yunet, score, thorough=thorough)
     data_dir = Path(data_dir)
     imgs = sorted(p for p in (data_dir / "images").iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if limit:
@@ -415,6 +415,7 @@ def evaluate_scenes(
         "command": "scenes",
         "data": str(data_dir),
         "detector": getattr(det, "name", detector),
+        "thorough": thorough,
         "images": len(imgs),
         "faces": n_gt,
         "detections": n_det,
@@ -499,6 +500,12 @@ _detector_opts = [
     click.option(
         "--yunet", type=click.Path(exists=True, dir_okay=False), default=None, help="YuNet ONNX file."
     ),
+    click.option(
+        "--single-pass",
+        is_flag=True,
+        help="One plain detector pass per photo (as on video frames) instead of the app's photo detector "
+        "(which also searches the mirror image, and inside a border when nothing is found).",
+    ),
 ]
 
 
@@ -541,24 +548,18 @@ def crops_cmd(task, data_dir, framing, fairness, model, json_out, limit, update_
 @click.option(
     "--synthetic-mask", is_flag=True, help="Draw a synthetic mask on each face first (gender under masks)."
 )
-@click.option(
-    "--pad",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Put each image in a gray border of this fraction of its longer side first (tight face crops "
-    "have none of the context a camera frame has; 0.25 is typical).",
-)
 @_with_detector
 @_with_common
-def faces_cmd(task, data_dir, synthetic_mask, pad, detector, yunet, model, json_out, limit, update_card, key):
+def faces_cmd(
+    task, data_dir, synthetic_mask, detector, yunet, single_pass, model, json_out, limit, update_card, key
+):
     """Each image of DATA_DIR goes through detect -> largest face -> classify; no face counts as an error."""
     r = evaluate_faces(
         data_dir,
         task,
         model,
         synthetic_mask=synthetic_mask,
-        pad=pad,
+        thorough=not single_pass,
         detector=detector,
         yunet=yunet,
         limit=limit,
@@ -571,10 +572,18 @@ def faces_cmd(task, data_dir, synthetic_mask, pad, detector, yunet, model, json_
 @click.option("--score", type=float, default=None, help="Detector score threshold (default: the app's).")
 @_with_detector
 @_with_common
-def scenes_cmd(data_dir, score, detector, yunet, model, json_out, limit, update_card, key):
+def scenes_cmd(data_dir, score, detector, yunet, single_pass, model, json_out, limit, update_card, key):
     """DATA_DIR holds images/ and annotations/ (PASCAL VOC): detection recall/precision and mask accuracy."""
     _emit(
-        evaluate_scenes(data_dir, model, detector=detector, yunet=yunet, limit=limit, score=score),
+        evaluate_scenes(
+            data_dir,
+            model,
+            detector=detector,
+            yunet=yunet,
+            limit=limit,
+            score=score,
+            thorough=not single_pass,
+        ),
         json_out,
         update_card,
         key,

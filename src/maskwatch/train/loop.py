@@ -41,7 +41,8 @@ class TrainConfig:
     augment: bool = True
     low_res_p: float = 0.35  # probability of a down-up scale (small faces in scenes)
     occlusion_p: float = 0.0  # probability of hiding part of an unmasked face (stays `no_mask`)
-    incorrect_mask_p: float = 0.0  # probability of a mask worn below the nose / on the chin (`no_mask`)
+    incorrect_mask_p: float = 0.0  # probability of a mask worn below the nose / on the chin (`no_mask`);
+    # as many unmasked faces get a properly worn drawn mask (`mask`)
     jpeg_p: float = 0.25
     max_steps_per_epoch: int | None = None
     num_workers: int = 8
@@ -130,8 +131,9 @@ def cpu_augment(
     rng: np.random.Generator,
     may_occlude: np.ndarray | None = None,
 ):
-    """Per-sample CPU work: synthetic masks, occlusions (on `may_occlude` rows) and JPEG noise.
-    Returns (images, flags of the rows that got a synthetic mask)."""
+    """Per-sample CPU work: synthetic masks, occlusions and masks worn wrongly or properly (on
+    `may_occlude` rows: unmasked faces of mask sets) and JPEG noise.
+    Returns (images, flags of the rows that now wear a synthetic mask properly)."""
     out = batch.copy()
     drawn = np.zeros(len(batch), bool)
     side = batch.shape[1]
@@ -141,14 +143,13 @@ def cpu_augment(
             drawn[i] = True
         elif cfg.augment and may_occlude is not None and may_occlude[i]:
             r = rng.random()
-            if r < cfg.incorrect_mask_p:
-                out[i] = draw_mask(
-                    out[i],
-                    _landmarks_or_default(landmarks[i], rng) * side,
-                    rng,
-                    worn=str(rng.choice(["below_nose", "chin"])),
-                )
-            elif len(batch) > 1 and r < cfg.incorrect_mask_p + cfg.occlusion_p:
+            if r < 2 * cfg.incorrect_mask_p:
+                # worn wrongly (stays no_mask) or, as often, worn properly (becomes mask): the same drawn
+                # masks on both sides, so the model learns where a mask sits, not what a drawn one looks like
+                worn = "correct" if r >= cfg.incorrect_mask_p else str(rng.choice(["below_nose", "chin"]))
+                out[i] = draw_mask(out[i], _landmarks_or_default(landmarks[i], rng) * side, rng, worn=worn)
+                drawn[i] = worn == "correct"
+            elif len(batch) > 1 and r < 2 * cfg.incorrect_mask_p + cfg.occlusion_p:
                 out[i] = occlude(out[i], batch[(i + 1 + rng.integers(len(batch) - 1)) % len(batch)], rng)
         if cfg.augment and rng.random() < cfg.jpeg_p:
             q = int(rng.integers(25, 85))
@@ -367,8 +368,9 @@ def train(
             imgs = np.concatenate([p[0] for p in parts])
             drawn = np.concatenate([p[1] for p in parts])
             labels = train_split.labels[idx].copy()
-            if "mask" in model.heads and drawn.any() and cfg.gender_faces_unmasked:
-                labels[drawn, model.heads.index("mask")] = TASK_LABELS["mask"].index("mask")
+            if "mask" in model.heads and drawn.any():  # rows of unknown mask label stay unknown
+                col = labels[:, model.heads.index("mask")]
+                col[drawn & (col >= 0)] = TASK_LABELS["mask"].index("mask")
             return imgs, labels
 
         sums = np.zeros((n_heads, 3))  # loss sum, correct, count

@@ -168,12 +168,15 @@ def detect(
 
     from maskwatch.sources import IMAGE_SUFFIXES as SRC_IMAGE_SUFFIXES
     from maskwatch.sources import open_source
+    from maskwatch.vision.detect import still_photo_detector
     from maskwatch.vision.draw import annotate
     from maskwatch.vision.pipeline import Pipeline
 
     with user_errors():
         source = open_source(input_spec, max_retries=10)
     detector, classifier = _load_models(settings)
+    if not source.is_sequence:
+        detector = still_photo_detector(detector, settings.detector)
     gender = settings.privacy.gender_enabled
     pipe = Pipeline(
         detector,

@@ -256,6 +256,61 @@ class Res10Detector:
         return faces
 
 
+class StillPhotoDetector:
+    """A detector made more thorough for single photos, where a second pass costs little.
+
+    The photo is searched as it is and mirrored (YuNet misses some profile and masked faces in one
+    orientation only), merged by non-maximum suppression. When nothing is found at all, it is searched
+    again inside a gray border of `border` of its longer side: a photo cropped tight around one face
+    (a passport-style or dataset crop) lacks the context around the face that detectors expect.
+    Measured on scenes/dev (faces >= 32 px, score 0.6): recall 0.890 -> 0.903, precision 0.780 -> 0.755.
+    Video streams use the plain detector (this doubles detection time; the tracker bridges misses).
+    """
+
+    def __init__(self, inner: FaceDetector, *, border: float = 0.25, nms_threshold: float = 0.3) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.border = border
+        self.nms_threshold = nms_threshold
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        faces = self._both_ways(frame_bgr)
+        if faces or self.border <= 0:
+            return faces
+        h, w = frame_bgr.shape[:2]
+        b = max(1, round(self.border * max(h, w)))
+        framed = cv2.copyMakeBorder(frame_bgr, b, b, b, b, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+        out = []
+        for f in self._both_ways(framed):
+            box = _clip_box(np.asarray(f.box) - b, w, h)
+            if box is not None:
+                lm = None if f.landmarks is None else np.asarray(f.landmarks) - b
+                out.append(Face(box=box, score=f.score, landmarks=lm))
+        return out
+
+    def _both_ways(self, image: np.ndarray) -> list[Face]:
+        faces = self.inner.detect(image)
+        w = image.shape[1]
+        for f in self.inner.detect(np.ascontiguousarray(image[:, ::-1])):
+            x1, y1, x2, y2 = f.box
+            lm = None
+            if f.landmarks is not None:  # mirrored: the right eye/mouth corner is the left one
+                pts = np.asarray(f.landmarks)[[1, 0, 2, 4, 3]]
+                lm = np.stack([w - pts[:, 0], pts[:, 1]], 1)
+            faces.append(Face(box=(w - x2, y1, w - x1, y2), score=f.score, landmarks=lm))
+        if len(faces) < 2:
+            return faces
+        boxes = [[f.box[0], f.box[1], f.box[2] - f.box[0], f.box[3] - f.box[1]] for f in faces]
+        keep = cv2.dnn.NMSBoxes(boxes, [f.score for f in faces], 0.0, self.nms_threshold)
+        return [faces[i] for i in sorted(np.asarray(keep, int).reshape(-1))]
+
+
+def still_photo_detector(detector: FaceDetector, settings: DetectorSettings | None = None) -> FaceDetector:
+    """The detector to use on single photos: `StillPhotoDetector` unless `thorough_stills` is off."""
+    s = _as_detector_settings(settings)
+    return StillPhotoDetector(detector) if s.thorough_stills else detector
+
+
 def _clip_box(box, w: int, h: int) -> tuple[float, float, float, float] | None:
     x1, y1, x2, y2 = (float(v) for v in box)
     x1, x2 = max(0.0, x1), min(float(w), x2)

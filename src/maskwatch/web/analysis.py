@@ -171,11 +171,14 @@ class Analyzer:
                     self._detector = self._classifier = None
                 self.generation += 1
 
-    def pipeline(self) -> StreamPipeline:
-        """A fresh pipeline (own tracker) sharing the loaded models."""
+    def pipeline(self, *, still_photo: bool = False) -> StreamPipeline:
+        """A fresh pipeline (own tracker) sharing the loaded models; `still_photo`: for one photo."""
         detector, classifier = self._load()
+        from maskwatch.vision.detect import still_photo_detector
         from maskwatch.vision.pipeline import Pipeline
 
+        if still_photo:
+            detector = still_photo_detector(detector, self._settings.detector)
         return Pipeline.from_settings(self._settings, detector=detector, classifier=classifier)
 
     def annotate(self, image: np.ndarray, result: FrameResult, *, gender: bool) -> np.ndarray:
@@ -185,7 +188,8 @@ class Analyzer:
 
     # -- uploads --------------------------------------------------------------------------------
     def analyze_image(self, image: np.ndarray, *, source: str = "upload") -> FrameResult:
-        return self.pipeline().process(image, source=source, frame_index=0, timestamp=time.time())
+        pipeline = self.pipeline(still_photo=True)
+        return pipeline.process(image, source=source, frame_index=0, timestamp=time.time())
 
     def analyze_video(
         self, data: bytes, suffix: str, *, gender: bool, max_frames: int = 300, max_seconds: float = 60.0
