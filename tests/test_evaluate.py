@@ -86,6 +86,23 @@ def test_evaluate_scenes_schema(tmp_path, bundled, yunet_path):
     assert r["recall_by_size"]["32-64"]["n"] == 1
 
 
+def test_evaluate_scenes_fold_cli(tmp_path, bundled, yunet_path):
+    d = tmp_path / "scenes"
+    (d / "images").mkdir(parents=True)
+    (d / "annotations").mkdir()
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(d / "images" / f"{name}.png"), np.full((120, 160, 3), 90, np.uint8))
+        (d / "annotations" / f"{name}.xml").write_text("<annotation></annotation>")
+    out = tmp_path / "r.json"
+    args = ["scenes", str(d), "--model", str(bundled), "--yunet", str(yunet_path), "--json", str(out)]
+    res = CliRunner().invoke(E.evaluate, [*args, "--fold", "1/3"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["fold"] == "1/3" and r["images"] == 1 and r["thorough"] is True
+    res = CliRunner().invoke(E.evaluate, [*args, "--fold", "3/3"])
+    assert res.exit_code != 0 and "0 <= I < K" in res.output
+
+
 def test_evaluate_faces_real(shared_data, bundled, yunet_path, tmp_path):
     d = tmp_path / "g"
     for c in ("man", "woman"):

@@ -100,6 +100,46 @@ def test_prepare_real_photos(tmp_path, shared_data, yunet_path):
     assert np.isfinite(s.landmarks).all(axis=(1, 2)).sum() >= 6
 
 
+def _scene_set(dst, shared_data, n=6):
+    for sub in ("images", "annotations"):
+        (dst / sub).mkdir(parents=True)
+    for xml in sorted((shared_data / "scenes/dev/annotations").glob("*.xml"))[:n]:
+        (dst / "annotations" / xml.name).write_bytes(xml.read_bytes())
+        img = next((shared_data / "scenes/dev/images").glob(f"{xml.stem}.*"))
+        (dst / "images" / img.name).write_bytes(img.read_bytes())
+    return dst
+
+
+def test_prepare_scene_set_and_folds(tmp_path, shared_data, yunet_path):
+    src = _scene_set(tmp_path / "scenes", shared_data)
+    rep = D.prepare_scenes(src, tmp_path / "all", size=48, yunet_path=yunet_path, progress=False)
+    assert rep["images"] == 6 and rep["written"] + rep["not_detected"] == rep["annotated_faces"]
+    assert rep["written"] >= 5 and set(rep["by_class"]) <= {
+        "with_mask",
+        "without_mask",
+        "mask_weared_incorrect",
+    }
+    crops = sorted((tmp_path / "all").rglob("*.jpg"))
+    assert len(crops) == rep["written"] and cv2.imread(str(crops[0])).shape == (48, 48, 3)
+    s = D.load_folder(tmp_path / "all", 48)
+    assert set(s.labels) <= {"mask", "no_mask"} and len(s.labels) == rep["written"]
+    # folds split by photo: fold 0/2 holds photos 0, 2, 4; excluding it leaves 1, 3, 5
+    names = [p.name for p, _ in D.scene_images(src)]
+    assert [p.name for p, _ in D.scene_images(src, (0, 2))] == names[0::2]
+    assert [p.name for p, _ in D.scene_images(src, (0, 2), exclude=True)] == names[1::2]
+    part = D.prepare_scenes(
+        src, tmp_path / "part", size=48, yunet_path=yunet_path, exclude_fold=(0, 2), progress=False
+    )
+    stems = {p.stem.rsplit("_", 1)[0] for p in (tmp_path / "part").rglob("*.jpg")}
+    assert part["images"] == 3 and stems <= {n.rsplit(".", 1)[0] for n in names[1::2]}
+    with pytest.raises(ValueError, match="I/K"):
+        D.parse_fold("1-2")
+    with pytest.raises(ValueError, match="0 <= I < K"):
+        D.parse_fold("2/2")
+    with pytest.raises(ValueError, match="not a scene set"):
+        D.scene_images(tmp_path / "all")
+
+
 def test_synthetic_mask_covers_mouth_not_eyes():
     rng = np.random.default_rng(3)
     img = np.full((112, 112, 3), 200, np.uint8)

@@ -114,6 +114,51 @@ def test_sample_weights_balance_tasks_and_classes():
     assert np.isclose(w[40:45].sum(), 0.25) and np.isclose(w[45:].sum(), 0.25)
 
 
+def test_oversampling_a_set_keeps_class_balance():
+    from maskwatch.train.loop import Split, sample_weights
+
+    # one mask task: set 0 has 40 mask / 40 no_mask, set 1 (in-domain) 10 / 10
+    labels = np.array([[0]] * 40 + [[1]] * 40 + [[0]] * 10 + [[1]] * 10)
+    source = np.array([0] * 80 + [1] * 20)
+    n = len(labels)
+    s = Split(np.zeros((n, 4, 4, 3), np.uint8), labels, np.zeros((n, 5, 2)), source, np.zeros(n, bool))
+    plain, over = sample_weights(s), sample_weights(s, oversample=(1.0, 4.0))
+    assert np.isclose(over[labels[:, 0] == 0].sum(), 0.5) and np.isclose(over[labels[:, 0] == 1].sum(), 0.5)
+    assert np.isclose(plain[80:].sum(), 0.2) and np.isclose(over[80:].sum(), 0.5)  # 10*4 / (40 + 10*4)
+    assert np.isclose(over[80] / over[0], 4.0)
+
+
+def test_drawn_masks_worn_properly_or_wrongly_on_unmasked_faces():
+    from maskwatch.train.data import DEFAULT_LANDMARKS
+    from maskwatch.train.loop import TrainConfig, cpu_augment
+
+    n = 400
+    batch = np.full((n, 64, 64, 3), (30, 160, 30), np.uint8)
+    lms = np.repeat(DEFAULT_LANDMARKS[None], n, 0)
+    cfg = TrainConfig(arch="mnv2-attr", heads=("mask",), incorrect_mask_p=0.2, occlusion_p=0.0, jpeg_p=0.0)
+    unmasked = np.arange(n) < n // 2
+    out, proper = cpu_augment(batch, lms, np.zeros(n, bool), cfg, np.random.default_rng(0), unmasked)
+    changed = (np.abs(out.astype(int) - batch).sum(3) > 10).any((1, 2))
+    assert not changed[~unmasked].any() and not proper[~unmasked].any()  # masked rows: untouched
+    wrong = changed & ~proper
+    # about 20 % each: properly worn (these become `mask`) and wrongly worn (stay `no_mask`)
+    assert 0.1 < proper[unmasked].mean() < 0.3 and 0.1 < wrong[unmasked].mean() < 0.3
+    assert changed[proper].all()
+
+
+def test_oversample_option_names_data_folders(tmp_path):
+    from click.testing import CliRunner
+
+    from maskwatch.train.cli import train
+
+    d = _write_set(tmp_path / "g", ["man", "woman"], 2)
+    base = ["gender", "--data", str(d), "--arch", "mnv2-attr", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(train, [*base, "--oversample", str(tmp_path / "other") + "=3"])
+    assert res.exit_code != 0 and "not --data" in res.output
+    res = CliRunner().invoke(train, [*base, "--oversample", str(d) + "=x"])
+    assert res.exit_code != 0 and "DIR=FACTOR" in res.output
+
+
 def test_train_command(tmp_path):
     from click.testing import CliRunner
 

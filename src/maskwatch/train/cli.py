@@ -42,6 +42,35 @@ def _source_info(path: str) -> dict:
     return {"source": "local folder", "license": "unknown"}
 
 
+def _parse_oversample(specs: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for spec in specs:
+        d, sep, factor = spec.rpartition("=")
+        try:
+            out[d] = float(factor)
+        except ValueError:
+            sep = ""
+        if not sep or not d or out[d] <= 0:
+            raise click.BadParameter(
+                f"expected DIR=FACTOR (FACTOR > 0), got {spec!r}", param_hint="--oversample"
+            )
+    return out
+
+
+def _oversample_factors(
+    data_dirs: list[str], oversample: dict[str, float] | None
+) -> tuple[float, ...] | None:
+    """Per --data folder, in order; every folder named must be one of them."""
+    if not oversample:
+        return None
+    norm = {str(Path(d)): d for d in data_dirs}
+    unknown = [d for d in oversample if str(Path(d)) not in norm]
+    if unknown:
+        raise click.UsageError(f"--oversample names folders that are not --data: {', '.join(unknown)}")
+    factors = {str(Path(d)): f for d, f in oversample.items()}
+    return tuple(factors.get(str(Path(d)), 1.0) for d in data_dirs)
+
+
 def _heads_for(task: str) -> tuple[str, ...]:
     return ("mask", "gender") if task == "attributes" else (task,)
 
@@ -63,6 +92,7 @@ def run_training(
     resume: bool = False,
     limit_per_class: int | None = None,
     max_steps: int | None = None,
+    oversample: dict[str, float] | None = None,
     seed: int = 0,
     name: str | None = None,
     onnx_name: str | None = None,
@@ -114,6 +144,7 @@ def run_training(
         device=device,
         synthetic_mask=synthetic_mask,
         max_steps_per_epoch=max_steps,
+        oversample=_oversample_factors(data_dirs, oversample),
         num_workers=workers,
         pretrained=pretrained,
         time_budget_s=time_budget_s,
@@ -350,6 +381,13 @@ def _positions(source: np.ndarray) -> list[int]:
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--limit-per-class", type=int, default=None, help="Use at most N images per class and folder.")
 @click.option("--max-steps", type=int, default=None, help="At most N batches per epoch.")
+@click.option(
+    "--oversample",
+    multiple=True,
+    metavar="DIR=FACTOR",
+    help="Draw the samples of --data DIR FACTOR times as often as others of their class (a small "
+    "in-domain set). Repeatable.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", default=None, help="Model name in the card.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
@@ -382,6 +420,7 @@ def train(
     resume,
     limit_per_class,
     max_steps,
+    oversample,
     seed,
     name,
     threads,
@@ -421,6 +460,7 @@ def train(
         resume=resume,
         limit_per_class=limit_per_class,
         max_steps=max_steps,
+        oversample=_parse_oversample(oversample),
         seed=seed,
         name=name,
         progress=not no_progress,
@@ -456,27 +496,58 @@ def train(
     help="Box margin per side (the card's crop.margin).",
 )
 @click.option("--yunet", type=click.Path(exists=True, dir_okay=False), default=None, help="YuNet ONNX file.")
-@click.option("--score", type=float, default=0.5, show_default=True, help="Detector score threshold.")
+@click.option(
+    "--score", type=float, default=None, help="Detector score threshold [0.5; scene sets: the app's 0.6]."
+)
 @click.option(
     "--no-fallback",
     is_flag=True,
     help="Skip images without a face (default: treat the image as a tight crop).",
 )
+@click.option(
+    "--exclude-fold",
+    default=None,
+    metavar="I/K",
+    help="Scene sets: leave out the photos of fold I of K (the ones `evaluate scenes --fold I/K` uses).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
-def prepare(src, out, size, margin, yunet, score, no_fallback, json_out):
+def prepare(src, out, size, margin, yunet, score, no_fallback, exclude_fold, json_out):
     """Detect faces in the class folders of SRC and write face crops (the model card's crop rule) to OUT.
 
-    Reports images with no face or several faces (the largest face is kept).
+    Reports images with no face or several faces (the largest face is kept). A scene set (SRC/images and
+    SRC/annotations, PASCAL VOC) gives one crop per annotated face that the app's detector finds, in a
+    folder named by its annotated class.
     """
+    from maskwatch.train.data import is_scene_set, parse_fold, prepare_scenes
     from maskwatch.train.data import prepare as _prepare
 
+    if is_scene_set(src):
+        try:
+            fold = parse_fold(exclude_fold)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--exclude-fold") from None
+        rep = prepare_scenes(
+            src,
+            out,
+            size=size,
+            margin=margin,
+            yunet_path=Path(yunet) if yunet else None,
+            score_threshold=0.6 if score is None else score,
+            exclude_fold=fold,
+        )
+        if json_out:
+            Path(json_out).write_text(json.dumps(rep, indent=1))
+        click.echo(json.dumps(rep, indent=1))
+        return
+    if exclude_fold is not None:
+        raise click.BadParameter("only for scene sets (images/ + annotations/)", param_hint="--exclude-fold")
     rep = _prepare(
         src,
         out,
         size=size,
         margin=margin,
         yunet_path=Path(yunet) if yunet else None,
-        score_threshold=score,
+        score_threshold=0.5 if score is None else score,
         fallback_whole=not no_fallback,
     )
     short = {k: v for k, v in rep.items() if not k.endswith("_files")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,150 @@ def prepare(
         "no_face_files": no_face,
         "several_faces_files": several,
         "unreadable_files": unreadable,
+    }
+    (out / "prepare.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+# ---------------------------------------------------------------------------------- annotated scenes
+def read_voc(path: str | Path) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """(class name, box) of every object of a PASCAL VOC annotation file."""
+    root = ET.parse(path).getroot()
+    out = []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
+        if bb is None:
+            continue
+        box = tuple(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        out.append((obj.findtext("name", "").strip(), box))
+    return out
+
+
+def match_boxes(gt: np.ndarray, det: np.ndarray, iou_min: float = 0.5) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching by IoU (highest first); pairs (gt index, det index)."""
+    from maskwatch.vision.geometry import iou_matrix
+
+    if len(gt) == 0 or len(det) == 0:
+        return []
+    ious = iou_matrix(gt, det)
+    pairs = []
+    used_g, used_d = set(), set()
+    for flat in np.argsort(-ious, axis=None):
+        g, d = divmod(int(flat), ious.shape[1])
+        if ious[g, d] < iou_min:
+            break
+        if g in used_g or d in used_d:
+            continue
+        used_g.add(g)
+        used_d.add(d)
+        pairs.append((g, d))
+    return pairs
+
+
+def parse_fold(spec: str | None) -> tuple[int, int] | None:
+    """'I/K' -> (I, K): fold I of K (0 <= I < K)."""
+    if spec is None:
+        return None
+    try:
+        i, k = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"fold must look like I/K (e.g. 0/2), got {spec!r}") from None
+    if not 0 <= i < k:
+        raise ValueError(f"fold {spec!r}: need 0 <= I < K")
+    return i, k
+
+
+def scene_images(
+    root: str | Path, fold: tuple[int, int] | None = None, *, exclude: bool = False
+) -> list[tuple[Path, Path]]:
+    """(image, VOC annotation) pairs of a scene set (`images/` + `annotations/`), sorted by name.
+    `fold=(i, k)`: only the images whose position is i mod k, or (`exclude`) all the others: a split by
+    photo for cross-validation, so faces of one photo never sit on both sides."""
+    root = Path(root)
+    if not (root / "images").is_dir() or not (root / "annotations").is_dir():
+        raise ValueError(f"{root} is not a scene set: it needs images/ and annotations/ (PASCAL VOC)")
+    pairs = []
+    for p in sorted((root / "images").iterdir()):
+        ann = root / "annotations" / f"{p.stem}.xml"
+        if p.suffix.lower() in IMAGE_EXTS and ann.is_file():
+            pairs.append((p, ann))
+    if fold is not None:
+        i, k = fold
+        pairs = [pr for n, pr in enumerate(pairs) if (n % k == i) != exclude]
+    return pairs
+
+
+def is_scene_set(root: str | Path) -> bool:
+    return (Path(root) / "images").is_dir() and (Path(root) / "annotations").is_dir()
+
+
+def prepare_scenes(
+    src: str | Path,
+    out: str | Path,
+    *,
+    size: int = 112,
+    margin: float = 0.2,
+    yunet_path: Path | None = None,
+    score_threshold: float = 0.6,
+    exclude_fold: tuple[int, int] | None = None,
+    quality: int = 92,
+    progress: bool = True,
+) -> dict:
+    """Face crops of an annotated scene set, as the app sees them: the app's photo detector runs on each
+    image, and each detected face matching an annotated box (IoU >= 0.5) is cropped by the crop rule into
+    `out/<annotated class>/` (`mask_weared_incorrect` reads as `no_mask`). Annotated faces the detector
+    misses are not written: the app never classifies them. `exclude_fold=(i, k)` leaves out the photos
+    `evaluate scenes --fold i/k` measures on."""
+    from maskwatch.config import DetectorSettings
+    from maskwatch.vision.detect import create_detector, still_photo_detector
+
+    settings = DetectorSettings(
+        backend="yunet", yunet_path=yunet_path or default_yunet_path(), score_threshold=score_threshold
+    )
+    detector = still_photo_detector(create_detector(settings), settings)
+    src, out = Path(src), Path(out)
+    pairs = scene_images(src, exclude_fold, exclude=True)
+    landmarks: dict[str, list] = {}
+    counts: dict[str, int] = {}
+    annotated = unreadable = 0
+    it: Iterable = pairs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(pairs, desc=f"prepare {src.name}", unit="img")
+    for path, ann in it:
+        img = read_image(path)
+        if img is None:
+            unreadable += 1
+            continue
+        gt = [(name, box) for name, box in read_voc(ann) if canonical_label(name) in ("mask", "no_mask")]
+        annotated += len(gt)
+        faces = detector.detect(img)
+        gt_boxes = np.array([b for _, b in gt], float).reshape(-1, 4)
+        matched = match_boxes(gt_boxes, np.array([f.box for f in faces], float).reshape(-1, 4))
+        for g, d in matched:
+            name, face = gt[g][0], faces[d]
+            rel = f"{name}/{path.stem}_{g}.jpg"
+            (out / name).mkdir(parents=True, exist_ok=True)
+            crop = crop_face(img, face.box, size, margin, True)
+            cv2.imwrite(str(out / rel), crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            counts[name] = counts.get(name, 0) + 1
+            if face.landmarks is not None:
+                lm = landmarks_in_crop(np.asarray(face.landmarks), face.box, size, margin, True)
+                landmarks[rel] = np.round(lm, 1).tolist()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LANDMARKS_FILE).write_text(json.dumps({"size": size, "landmarks": landmarks}))
+    report = {
+        "src": str(src),
+        "out": str(out),
+        "images": len(pairs),
+        "excluded_fold": None if exclude_fold is None else f"{exclude_fold[0]}/{exclude_fold[1]}",
+        "annotated_faces": annotated,
+        "written": sum(counts.values()),
+        "by_class": counts,
+        "not_detected": annotated - sum(counts.values()),
+        "unreadable": unreadable,
+        "crop": {"rule": "box", "margin": margin, "square": True, "size": size},
     }
     (out / "prepare.json").write_text(json.dumps(report, indent=1))
     return report

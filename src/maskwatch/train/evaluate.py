@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +23,17 @@ import click
 import cv2
 import numpy as np
 
-from maskwatch.train.data import TASK_LABELS, FaceFinder, list_images, read_image, utkface_meta
+from maskwatch.train.data import (
+    TASK_LABELS,
+    FaceFinder,
+    list_images,
+    match_boxes,
+    parse_fold,
+    read_image,
+    read_voc,
+    scene_images,
+    utkface_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -322,39 +331,6 @@ def _box_landmarks(box) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- scenes
-def read_voc(path: str | Path) -> list[tuple[str, tuple[float, float, float, float]]]:
-    root = ET.parse(path).getroot()
-    out = []
-    for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        if bb is None:
-            continue
-        box = tuple(float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        out.append((obj.findtext("name", "").strip(), box))
-    return out
-
-
-def match_boxes(gt: np.ndarray, det: np.ndarray, iou_min: float = 0.5) -> list[tuple[int, int]]:
-    """Greedy one-to-one matching by IoU (highest first); pairs (gt index, det index)."""
-    from maskwatch.vision.geometry import iou_matrix
-
-    if len(gt) == 0 or len(det) == 0:
-        return []
-    ious = iou_matrix(gt, det)
-    pairs = []
-    used_g, used_d = set(), set()
-    for flat in np.argsort(-ious, axis=None):
-        g, d = divmod(int(flat), ious.shape[1])
-        if ious[g, d] < iou_min:
-            break
-        if g in used_g or d in used_d:
-            continue
-        used_g.add(g)
-        used_d.add(d)
-        pairs.append((g, d))
-    return pairs
-
-
 def evaluate_scenes(
     data_dir: str | Path,
     model=None,
@@ -364,25 +340,26 @@ def evaluate_scenes(
     limit: int | None = None,
     score: float | None = None,
     thorough: bool = True,
+    fold: tuple[int, int] | None = None,
 ) -> dict:
     """Detection recall/precision at IoU >= 0.5 (overall and by face size = sqrt(w*h) of the annotated
     box) and mask accuracy on matched faces (`mask_weared_incorrect` counts as `no_mask`).
-    `thorough`: the app's photo detector (mirror pass, border retry); False: one plain pass."""
+    `thorough`: the app's photo detector (mirror pass, border retry); False: one plain pass.
+    `fold=(i, k)`: only the photos at positions i mod k (what `prepare --exclude-fold i/k` leaves out)."""
     classifier = model if hasattr(model, "heads") else load_classifier(model)
     has_mask = "mask" in classifier.heads
     det = _detector(detector, yunet, score, thorough=thorough)
     data_dir = Path(data_dir)
-    imgs = sorted(p for p in (data_dir / "images").iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    imgs = scene_images(data_dir, fold)
     if limit:
         imgs = imgs[:limit]
     n_gt = n_det = n_tp = 0
     by_size = {name: [0, 0] for *_, name in SIZE_BINS}  # [found, total]
     labels, preds, unc, raw_names = [], [], [], []
     t_cls, n_cls = 0.0, 0
-    for p in imgs:
-        ann = data_dir / "annotations" / (p.stem + ".xml")
+    for p, ann in imgs:
         img = read_image(p)
-        if img is None or not ann.is_file():
+        if img is None:
             continue
         gt = read_voc(ann)
         faces = det.detect(img)
@@ -416,6 +393,7 @@ def evaluate_scenes(
         "data": str(data_dir),
         "detector": getattr(det, "name", detector),
         "thorough": thorough,
+        "fold": None if fold is None else f"{fold[0]}/{fold[1]}",
         "images": len(imgs),
         "faces": n_gt,
         "detections": n_det,
@@ -570,10 +548,20 @@ def faces_cmd(
 @evaluate.command("scenes")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--score", type=float, default=None, help="Detector score threshold (default: the app's).")
+@click.option(
+    "--fold",
+    default=None,
+    metavar="I/K",
+    help="Only the photos of fold I of K (held out from training by `prepare --exclude-fold I/K`).",
+)
 @_with_detector
 @_with_common
-def scenes_cmd(data_dir, score, detector, yunet, single_pass, model, json_out, limit, update_card, key):
+def scenes_cmd(data_dir, score, fold, detector, yunet, single_pass, model, json_out, limit, update_card, key):
     """DATA_DIR holds images/ and annotations/ (PASCAL VOC): detection recall/precision and mask accuracy."""
+    try:
+        fold = parse_fold(fold)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fold") from None
     _emit(
         evaluate_scenes(
             data_dir,
@@ -583,6 +571,7 @@ def scenes_cmd(data_dir, score, detector, yunet, single_pass, model, json_out, l
             limit=limit,
             score=score,
             thorough=not single_pass,
+            fold=fold,
         ),
         json_out,
         update_card,

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class TrainConfig:
     augment: bool = True
     low_res_p: float = 0.35  # probability of a down-up scale (small faces in scenes)
     occlusion_p: float = 0.0  # probability of hiding part of an unmasked face (stays `no_mask`)
+    oversample: tuple[float, ...] | None = None  # per training set: draw its samples this many times as often
     incorrect_mask_p: float = 0.0  # probability of a mask worn below the nose / on the chin (`no_mask`);
     # as many unmasked faces get a properly worn drawn mask (`mask`)
     jpeg_p: float = 0.25
@@ -97,11 +99,15 @@ def make_split(sets: list[ImageSet], heads: tuple[str, ...], gender_faces_unmask
     )
 
 
-def sample_weights(split: Split, primary: np.ndarray | None = None) -> np.ndarray:
+def sample_weights(
+    split: Split, primary: np.ndarray | None = None, oversample: Sequence[float] | None = None
+) -> np.ndarray:
     """Class balancing: each task (the task of a sample's own dataset) gets the same share of the
-    samples, and inside a task each class the same share."""
+    samples, and inside a task each class the same share. `oversample[i]`: samples of dataset i are
+    drawn that many times as often as the others of their class (e.g. a small in-domain set)."""
     if primary is None:  # the first head a sample has a label for
         primary = np.argmax(split.labels >= 0, axis=1)
+    per_source = np.ones(len(split)) if oversample is None else np.asarray(oversample, float)[split.source]
     w = np.zeros(len(split), np.float64)
     tasks = np.unique(primary)
     for t in tasks:
@@ -109,7 +115,7 @@ def sample_weights(split: Split, primary: np.ndarray | None = None) -> np.ndarra
         classes = np.unique(split.labels[in_t, t])
         for c in classes:
             sel = in_t & (split.labels[:, t] == c)
-            w[sel] = 1.0 / (len(tasks) * len(classes) * sel.sum())
+            w[sel] = per_source[sel] / (len(tasks) * len(classes) * per_source[sel].sum())
     return w / w.sum()
 
 
@@ -313,7 +319,7 @@ def train(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))) * 0.98 + 0.02
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    weights = sample_weights(train_split, train_split.primary)
+    weights = sample_weights(train_split, train_split.primary, cfg.oversample)
     no_mask_rows = np.zeros(len(train_split), bool)
     if "mask" in model.heads:
         no_mask_rows = train_split.labels[:, model.heads.index("mask")] == TASK_LABELS["mask"].index(
