@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench models evaluate clean
+.PHONY: scene-stage cv-scenes run test lint bench models evaluate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,15 +48,34 @@ models: $(VENV)/.dev
 	$(BIN)/maskwatch prepare $(SHARED)/data/mask/facemask12k/val $(CROPS)/fm12k_val --yunet $(YUNET)
 	$(BIN)/maskwatch prepare $(SHARED)/data/mask/chandrikadeb7 $(CROPS)/chandrika --yunet $(YUNET)
 	$(BIN)/maskwatch prepare $(SHARED)/data/gender/utkface $(CROPS)/utkface --yunet $(YUNET)
+	$(BIN)/maskwatch prepare $(SHARED)/data/scenes/dev $(CROPS)/scenes --yunet $(YUNET)
 	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
 	    --data $(CROPS)/utkface --val $(CROPS)/fm12k_val --arch mnv2-attr --epochs 30 --batch-size 256 \
 	    --patience 5 --out runs/models/base
 	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
 	    --data $(CROPS)/utkface --val $(CROPS)/fm12k_val --arch mnv2-attr --init runs/models/base/best.pt \
 	    --epochs 6 --max-steps 200 --batch-size 64 --lr 2e-4 --patience 6 --no-mask-from-gender \
-	    --occlusion 0.25 --incorrect-mask 0.2 --low-res 0.5 --quantize --out runs/models/attributes
+	    --occlusion 0.25 --incorrect-mask 0.2 --low-res 0.5 --out runs/models/finetune
+	$(MAKE) scene-stage FROM=runs/models/finetune/best.pt SCENES=$(CROPS)/scenes OUT=runs/models/attributes
 	cp runs/models/attributes/attributes.onnx runs/models/attributes/attributes.json $(MODEL)/
 	$(MAKE) evaluate
+
+# Stage 3 of `models`: scene crops (real crowd photos, as the app crops them) join the mask data.
+scene-stage: $(VENV)/.dev
+	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
+	    --data $(CROPS)/utkface --data $(SCENES) --oversample $(SCENES)=5 --val $(CROPS)/fm12k_val \
+	    --arch mnv2-attr --init $(FROM) --epochs 5 --max-steps 200 --batch-size 64 --lr 1.5e-4 --patience 6 \
+	    --no-mask-from-gender --occlusion 0.25 --incorrect-mask 0.2 --low-res 0.5 --quantize --out $(OUT)
+
+# The scenes/dev figures of a model that trains on scenes/dev: 2-fold cross-validation by photo
+# (each fold's model never saw the photos it is measured on).
+cv-scenes: $(VENV)/.dev
+	for f in 0 1; do \
+	  $(BIN)/maskwatch prepare $(SHARED)/data/scenes/dev $(CROPS)/scenes_not$$f --exclude-fold $$f/2 --yunet $(YUNET) && \
+	  $(MAKE) scene-stage FROM=runs/models/finetune/best.pt SCENES=$(CROPS)/scenes_not$$f OUT=runs/models/cv$$f && \
+	  $(BIN)/maskwatch evaluate scenes $(SHARED)/data/scenes/dev --fold $$f/2 --yunet $(YUNET) \
+	      --model runs/models/cv$$f --update-card $(MODEL)/attributes.json --key scenes_dev_fold$$f || exit 1; \
+	done
 
 # The figures of the model card (and the README): quoted from these commands' JSON.
 evaluate: $(VENV)/.dev

@@ -30,6 +30,7 @@ SOURCES = {
     "chandrika": ("GitHub chandrikadeb7/Face-Mask-Detection dataset/", "MIT"),
     "utkface": ("UTKFace", "non-commercial research use only"),
     "balajisrinivas": ("GitHub balajisrinivas/Gender-Detection gender_dataset_face/", "none stated"),
+    "scenes": ("Kaggle 'Face Mask Detection' (andrewmvd), development half (scenes/dev)", "CC0"),
 }
 THRESHOLD_TARGETS = {"mask": 0.99, "gender": 0.97}
 
