@@ -100,6 +100,30 @@ def test_resume_continues(trained, tmp_path):
     shutil.rmtree(run)
 
 
+def test_keep_last_exports_the_last_epoch(trained, tmp_path):
+    import onnxruntime as ort
+
+    from maskwatch.train.cli import run_training
+    from maskwatch.train.nets import build
+
+    _, _, mask, _ = trained
+    run = tmp_path / "last"
+    run_training("mask", [str(mask)], [], "mnv2-attr", run, size=32, epochs=3, batch_size=8, pretrained=False,
+                 workers=2, progress=False, keep="last", lr=3e-3)  # fmt: skip
+    hist = json.loads((run / "history.json").read_text())
+    assert hist["kept"] == "last" and len(hist["epochs"]) == 3
+    model = build("mnv2-attr", ("mask",), pretrained=False)
+    model.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"])
+    model.eval()
+    x = np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))["mask"].numpy()
+    got = ort.InferenceSession(str(run / "mask.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["mask"], {"input": x}
+    )
+    np.testing.assert_allclose(got[0], ref, atol=1e-4, rtol=1e-3)
+
+
 def test_sample_weights_balance_tasks_and_classes():
     from maskwatch.train.loop import Split, sample_weights
 

@@ -375,6 +375,7 @@ def test_settings_save_validate_and_gender_off(authed):
     assert s.detector.score_threshold == 0.7 and s.privacy.retention_days == 7
     assert s.smtp.recipients == ["a@example.org", "b@example.org"] and s.smtp.security == "ssl"
     assert [c.name for c in s.cameras] == ["door"] and not s.privacy.gender_enabled  # checkbox left off
+    assert "Thorough search on photos" in page.text and not s.detector.thorough_stills  # left off too
     assert rt.store.get_setting_overrides()["detector"]["score_threshold"] == "0.7"
     cams = client.get("/api/cameras").json()
     assert cams["gender"] is False and cams["cameras"][0]["source"] == "rtsp://***@cam/1"

@@ -94,6 +94,7 @@ def run_training(
     limit_per_class: int | None = None,
     max_steps: int | None = None,
     oversample: dict[str, float] | None = None,
+    keep: str = "best",
     seed: int = 0,
     name: str | None = None,
     onnx_name: str | None = None,
@@ -146,6 +147,7 @@ def run_training(
         synthetic_mask=synthetic_mask,
         max_steps_per_epoch=max_steps,
         oversample=_oversample_factors(data_dirs, oversample),
+        keep=keep,
         num_workers=workers,
         pretrained=pretrained,
         time_budget_s=time_budget_s,
@@ -389,6 +391,13 @@ def _positions(source: np.ndarray) -> list[int]:
     help="Draw the samples of --data DIR FACTOR times as often as others of their class (a small "
     "in-domain set). Repeatable.",
 )
+@click.option(
+    "--keep",
+    type=click.Choice(["best", "last"]),
+    default="best",
+    show_default=True,
+    help="Export the best epoch on validation, or the last (when validation cannot see the goal).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", default=None, help="Model name in the card.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
@@ -422,6 +431,7 @@ def train(
     limit_per_class,
     max_steps,
     oversample,
+    keep,
     seed,
     name,
     threads,
@@ -462,6 +472,7 @@ def train(
         limit_per_class=limit_per_class,
         max_steps=max_steps,
         oversample=_parse_oversample(oversample),
+        keep=keep,
         seed=seed,
         name=name,
         progress=not no_progress,

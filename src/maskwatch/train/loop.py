@@ -47,6 +47,9 @@ class TrainConfig:
     # as many unmasked faces get a properly worn drawn mask (`mask`)
     jpeg_p: float = 0.25
     max_steps_per_epoch: int | None = None
+    # the weights exported: the best epoch on validation, or the last one (fine-tuning toward data the
+    # validation set does not represent, where a saturated validation score picks at random)
+    keep: str = "best"
     num_workers: int = 8
     amp: bool = True
     pretrained: bool = True
@@ -469,8 +472,9 @@ def train(
             break
     pool.shutdown()
     chunk_pool.shutdown()
-    if best_path.is_file():
+    if cfg.keep == "best" and best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     history["best_epoch"] = best["epoch"] + 1
+    history["kept"] = cfg.keep
     (out / "history.json").write_text(json.dumps(history, indent=1))
     return history

@@ -26,6 +26,13 @@ FIELDS: list[tuple[str, str, str, str, str]] = [
     ("detector", "score_threshold", "float", "Face detection threshold", "0.05-0.99; lower finds more faces"),
     ("detector", "min_face_px", "int", "Smallest face (pixels)", ""),
     (
+        "detector",
+        "thorough_stills",
+        "bool",
+        "Thorough search on photos",
+        "uploaded photos are also searched mirrored: more faces, twice the detection time",
+    ),
+    (
         "models",
         "uncertain_threshold",
         "optfloat",
