@@ -370,7 +370,7 @@ def scene_images(
     `fold=(i, k)`: only the images whose position is i mod k, or (`exclude`) all the others: a split by
     photo for cross-validation, so faces of one photo never sit on both sides."""
     root = Path(root)
-    if not (root / "images").is_dir() or not (root / "annotations").is_dir():
+    if not is_scene_set(root):
         raise ValueError(f"{root} is not a scene set: it needs images/ and annotations/ (PASCAL VOC)")
     pairs = []
     for p in sorted((root / "images").iterdir()):
