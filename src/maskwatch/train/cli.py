@@ -64,11 +64,12 @@ def _oversample_factors(
     """Per --data folder, in order; every folder named must be one of them."""
     if not oversample:
         return None
-    norm = {str(Path(d)): d for d in data_dirs}
-    unknown = [d for d in oversample if str(Path(d)) not in norm]
-    if unknown:
-        raise click.UsageError(f"--oversample names folders that are not --data: {', '.join(unknown)}")
     factors = {str(Path(d)): f for d, f in oversample.items()}
+    unknown = set(factors) - {str(Path(d)) for d in data_dirs}
+    if unknown:
+        raise click.UsageError(
+            f"--oversample names folders that are not --data: {', '.join(sorted(unknown))}"
+        )
     return tuple(factors.get(str(Path(d)), 1.0) for d in data_dirs)
 
 

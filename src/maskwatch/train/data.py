@@ -383,6 +383,24 @@ def scene_images(
     return pairs
 
 
+def photo_detector(
+    yunet_path: str | Path | None = None,
+    score_threshold: float | None = None,
+    *,
+    backend: str = "yunet",
+    thorough: bool = True,
+):
+    """The app's detector as it runs on photos (`thorough`: with the mirrored pass and border retry)."""
+    from maskwatch.config import DetectorSettings
+    from maskwatch.vision.detect import create_detector, still_photo_detector
+
+    kw = {"backend": backend, "yunet_path": Path(yunet_path) if yunet_path else default_yunet_path()}
+    if score_threshold is not None:
+        kw["score_threshold"] = score_threshold
+    settings = DetectorSettings(**kw, thorough_stills=thorough)
+    return still_photo_detector(create_detector(settings), settings)
+
+
 def is_scene_set(root: str | Path) -> bool:
     return (Path(root) / "images").is_dir() and (Path(root) / "annotations").is_dir()
 
@@ -404,13 +422,7 @@ def prepare_scenes(
     `out/<annotated class>/` (`mask_weared_incorrect` reads as `no_mask`). Annotated faces the detector
     misses are not written: the app never classifies them. `exclude_fold=(i, k)` leaves out the photos
     `evaluate scenes --fold i/k` measures on."""
-    from maskwatch.config import DetectorSettings
-    from maskwatch.vision.detect import create_detector, still_photo_detector
-
-    settings = DetectorSettings(
-        backend="yunet", yunet_path=yunet_path or default_yunet_path(), score_threshold=score_threshold
-    )
-    detector = still_photo_detector(create_detector(settings), settings)
+    detector = photo_detector(yunet_path, score_threshold)
     src, out = Path(src), Path(out)
     pairs = scene_images(src, exclude_fold, exclude=True)
     landmarks: dict[str, list] = {}

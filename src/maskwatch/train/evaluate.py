@@ -29,6 +29,7 @@ from maskwatch.train.data import (
     list_images,
     match_boxes,
     parse_fold,
+    photo_detector,
     read_image,
     read_voc,
     scene_images,
@@ -173,20 +174,6 @@ def _owner(classifier, task: str):
     return classifier._owner[task]
 
 
-def _detector(backend: str, yunet: str | None, score: float | None = None, *, thorough: bool = True):
-    """The runtime's detector for photos (`thorough`: as the app runs it on uploads and image files)."""
-    from maskwatch.config import DetectorSettings
-    from maskwatch.train.data import default_yunet_path
-    from maskwatch.vision.detect import create_detector, still_photo_detector
-
-    path = Path(yunet) if yunet else default_yunet_path()
-    kw = {"backend": backend, "yunet_path": path, "thorough_stills": thorough}
-    if score is not None:
-        kw["score_threshold"] = score
-    settings = DetectorSettings(**kw)
-    return still_photo_detector(create_detector(settings), settings)
-
-
 def _predict_labels(classifier, task: str, probs: np.ndarray) -> tuple[list[str], list[bool]]:
     head = classifier.heads[task]
     thr = classifier.threshold(task)
@@ -271,7 +258,7 @@ def evaluate_faces(
 
     classifier = model if hasattr(model, "heads") else load_classifier(model)
     m = _owner(classifier, task)
-    det = _detector(detector, yunet, thorough=thorough)
+    det = photo_detector(yunet, backend=detector, thorough=thorough)
     items = [(p, lab) for p, lab in list_images(data_dir) if lab in TASK_LABELS[task]]
     if limit:
         rng = np.random.default_rng(0)
@@ -348,7 +335,7 @@ def evaluate_scenes(
     `fold=(i, k)`: only the photos at positions i mod k (what `prepare --exclude-fold i/k` leaves out)."""
     classifier = model if hasattr(model, "heads") else load_classifier(model)
     has_mask = "mask" in classifier.heads
-    det = _detector(detector, yunet, score, thorough=thorough)
+    det = photo_detector(yunet, score, backend=detector, thorough=thorough)
     data_dir = Path(data_dir)
     imgs = scene_images(data_dir, fold)
     if limit:
