@@ -60,10 +60,12 @@ models: $(VENV)/.dev
 	cp runs/models/attributes/attributes.onnx runs/models/attributes/attributes.json $(MODEL)/
 	$(MAKE) evaluate
 
-# Stage 3 of `models`: scene crops (real crowd photos, as the app crops them) join the mask data.
+# Stage 3 of `models`: scene crops (real crowd photos, as the app crops them) join the mask data; their
+# few masks worn below the nose (annotated mask_weared_incorrect, learnt as no_mask) are drawn 30x as often.
 scene-stage: $(VENV)/.dev
 	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
-	    --data $(CROPS)/utkface --data $(SCENES) --oversample $(SCENES)=5 --val $(CROPS)/fm12k_val \
+	    --data $(CROPS)/utkface --data $(SCENES) --oversample $(SCENES)=5 \
+	    --oversample $(SCENES)/mask_weared_incorrect=30 --val $(CROPS)/fm12k_val \
 	    --arch mnv2-attr --init $(FROM) --epochs 5 --max-steps 200 --batch-size 64 --lr 1.5e-4 --patience 6 \
 	    --no-mask-from-gender --occlusion 0.25 --incorrect-mask 0.2 --low-res 0.5 --quantize --out $(OUT)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -138,18 +139,35 @@ def test_sample_weights_balance_tasks_and_classes():
     assert np.isclose(w[40:45].sum(), 0.25) and np.isclose(w[45:].sum(), 0.25)
 
 
-def test_oversampling_a_set_keeps_class_balance():
-    from maskwatch.train.loop import Split, sample_weights
+def test_oversampling_a_folder_or_a_class_folder_keeps_class_balance(tmp_path):
+    from maskwatch.train.data import load_folder
+    from maskwatch.train.loop import make_split, sample_weights
 
-    # one mask task: set 0 has 40 mask / 40 no_mask, set 1 (in-domain) 10 / 10
-    labels = np.array([[0]] * 40 + [[1]] * 40 + [[0]] * 10 + [[1]] * 10)
-    source = np.array([0] * 80 + [1] * 20)
-    n = len(labels)
-    s = Split(np.zeros((n, 4, 4, 3), np.uint8), labels, np.zeros((n, 5, 2)), source, np.zeros(n, bool))
-    plain, over = sample_weights(s), sample_weights(s, oversample=(1.0, 4.0))
-    assert np.isclose(over[labels[:, 0] == 0].sum(), 0.5) and np.isclose(over[labels[:, 0] == 1].sum(), 0.5)
-    assert np.isclose(plain[80:].sum(), 0.2) and np.isclose(over[80:].sum(), 0.5)  # 10*4 / (40 + 10*4)
-    assert np.isclose(over[80] / over[0], 4.0)
+    big = load_folder(_write_set(tmp_path / "big", ["with_mask", "without_mask"], 40), 32)
+    small_root = _write_set(
+        tmp_path / "small", ["with_mask", "without_mask", "mask_weared_incorrect"], 10, 32, 1
+    )
+    small = load_folder(small_root, 32)
+
+    def weights(oversample):
+        split = make_split([big, small], ("mask",), False, oversample)
+        return split, sample_weights(split)
+
+    split, plain = weights(None)
+    _, over = weights({str(small_root): 4.0})
+    _, rare = weights({str(small_root): 4.0, str(small_root / "mask_weared_incorrect"): 20.0})
+    y, in_small = split.labels[:, 0], split.source == 1
+    incorrect = np.r_[
+        np.zeros(len(big), bool), [Path(f).parent.name == "mask_weared_incorrect" for f in small.files]
+    ]
+    for w in (plain, over, rare):
+        assert np.isclose(w[y == 0].sum(), 0.5) and np.isclose(w[y == 1].sum(), 0.5)
+    assert np.isclose(plain[in_small & (y == 0)].sum(), 0.1)  # 10 of 50 masked faces
+    assert np.isclose(over[in_small & (y == 0)].sum(), 0.25)  # 10*4 / (40 + 10*4)
+    # no_mask: big 40, small without_mask 10*4, the class folder's 10*20 (its factor overrides the set's)
+    assert np.isclose(rare[incorrect].sum(), 0.5 * 200 / 280)
+    assert np.isclose(rare[incorrect][0] / rare[in_small & (y == 1) & ~incorrect][0], 5.0)
+    assert np.isclose(rare[incorrect][0] / rare[~in_small & (y == 1)][0], 20.0)
 
 
 def test_drawn_masks_worn_properly_or_wrongly_on_unmasked_faces():
@@ -170,10 +188,10 @@ def test_drawn_masks_worn_properly_or_wrongly_on_unmasked_faces():
     assert changed[proper].all()
 
 
-def test_oversample_option_names_data_folders(tmp_path):
+def test_oversample_option_names_data_or_class_folders(tmp_path):
     from click.testing import CliRunner
 
-    from maskwatch.train.cli import train
+    from maskwatch.train.cli import _oversample_factors, train
 
     d = _write_set(tmp_path / "g", ["man", "woman"], 2)
     base = ["gender", "--data", str(d), "--arch", "mnv2-attr", "--out", str(tmp_path / "o")]
@@ -181,6 +199,8 @@ def test_oversample_option_names_data_folders(tmp_path):
     assert res.exit_code != 0 and "not --data" in res.output
     res = CliRunner().invoke(train, [*base, "--oversample", str(d) + "=x"])
     assert res.exit_code != 0 and "DIR=FACTOR" in res.output
+    factors = {str(d): 2.0, str(d / "woman"): 3.0}  # a class folder inside a --data folder is fine
+    assert _oversample_factors([str(d)], factors) == factors
 
 
 def test_train_command(tmp_path):

@@ -58,19 +58,22 @@ def _parse_oversample(specs: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def _oversample_factors(
-    data_dirs: list[str], oversample: dict[str, float] | None
-) -> tuple[float, ...] | None:
-    """Per --data folder, in order; every folder named must be one of them."""
+def _oversample_factors(data_dirs: list[str], oversample: dict[str, float] | None) -> dict[str, float] | None:
+    """Checked --oversample folders: each a --data folder or a class folder directly inside one."""
     if not oversample:
         return None
-    factors = {str(Path(d)): f for d, f in oversample.items()}
-    unknown = set(factors) - {str(Path(d)) for d in data_dirs}
+    roots = {Path(d).resolve() for d in data_dirs}
+    unknown = [
+        d
+        for d in oversample
+        if Path(d).resolve() not in roots and not (Path(d).is_dir() and Path(d).resolve().parent in roots)
+    ]
     if unknown:
         raise click.UsageError(
-            f"--oversample names folders that are not --data: {', '.join(sorted(unknown))}"
+            "--oversample names folders that are not --data folders or class folders inside one: "
+            + ", ".join(sorted(unknown))
         )
-    return tuple(factors.get(str(Path(d)), 1.0) for d in data_dirs)
+    return dict(oversample)
 
 
 def _heads_for(task: str) -> tuple[str, ...]:
@@ -197,7 +200,7 @@ def run_training(
                 **_source_info(v.root),
             }
         )
-    tr_split = make_split(train_sets, heads, cfg.gender_faces_unmasked)
+    tr_split = make_split(train_sets, heads, cfg.gender_faces_unmasked, cfg.oversample)
     va_split = make_split(val_sets, heads, cfg.gender_faces_unmasked)
     log.warning(
         "train %d samples, val %d samples, heads %s, arch %s, size %d",
@@ -389,8 +392,9 @@ def _positions(source: np.ndarray) -> list[int]:
     "--oversample",
     multiple=True,
     metavar="DIR=FACTOR",
-    help="Draw the samples of --data DIR FACTOR times as often as others of their class (a small "
-    "in-domain set). Repeatable.",
+    help="Draw the samples of DIR (a --data folder, or a class folder inside one, which then overrides "
+    "its --data folder's factor) FACTOR times as often as others of their class (a small in-domain set, "
+    "a rare kind of face). Repeatable.",
 )
 @click.option(
     "--keep",

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,8 @@ class TrainConfig:
     augment: bool = True
     low_res_p: float = 0.35  # probability of a down-up scale (small faces in scenes)
     occlusion_p: float = 0.0  # probability of hiding part of an unmasked face (stays `no_mask`)
-    oversample: tuple[float, ...] | None = None  # per training set: draw its samples this many times as often
+    # folder (a --data folder, or a class folder inside one) -> draw its samples this many times as often
+    oversample: dict[str, float] | None = None
     incorrect_mask_p: float = 0.0  # probability of a mask worn below the nose / on the chin (`no_mask`);
     # as many unmasked faces get a properly worn drawn mask (`mask`)
     jpeg_p: float = 0.25
@@ -61,7 +61,8 @@ class TrainConfig:
 @dataclass
 class Split:
     """Samples of one phase: images (N,S,S,3) RGB uint8, labels (N, n_heads) int (-1 unknown), landmarks
-    (N,5,2) in units of the side (NaN unknown), and the source index of each sample (which --data)."""
+    (N,5,2) in units of the side (NaN unknown), the source index of each sample (which --data), and how
+    many times as often as others of its class it is drawn (`--oversample`)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -69,12 +70,26 @@ class Split:
     source: np.ndarray
     may_synth: np.ndarray  # bool: a synthetic mask may be drawn (faces known to be unmasked)
     primary: np.ndarray | None = None  # head index of each sample's own dataset task
+    draw_factor: np.ndarray | None = None  # None: all 1
 
     def __len__(self) -> int:
         return len(self.images)
 
 
-def make_split(sets: list[ImageSet], heads: tuple[str, ...], gender_faces_unmasked: bool) -> Split:
+def draw_factors(s: ImageSet, oversample: dict[str, float] | None) -> np.ndarray:
+    """Per sample of `s`: the factor of its class folder, else of its dataset folder, else 1."""
+    factors = {Path(k).resolve(): v for k, v in (oversample or {}).items()}
+    own = factors.get(Path(s.root).resolve(), 1.0)
+    by_class = {d: factors.get(d, own) for d in {Path(f).parent.resolve() for f in s.files}}
+    return np.array([by_class[Path(f).parent.resolve()] for f in s.files], np.float64)
+
+
+def make_split(
+    sets: list[ImageSet],
+    heads: tuple[str, ...],
+    gender_faces_unmasked: bool,
+    oversample: dict[str, float] | None = None,
+) -> Split:
     imgs, labs, lms, src, synth, prim = [], [], [], [], [], []
     for si, s in enumerate(sets):
         task = s.task
@@ -99,18 +114,17 @@ def make_split(sets: list[ImageSet], heads: tuple[str, ...], gender_faces_unmask
         np.concatenate(src),
         np.concatenate(synth),
         np.concatenate(prim),
+        np.concatenate([draw_factors(s, oversample) for s in sets]) if oversample else None,
     )
 
 
-def sample_weights(
-    split: Split, primary: np.ndarray | None = None, oversample: Sequence[float] | None = None
-) -> np.ndarray:
+def sample_weights(split: Split, primary: np.ndarray | None = None) -> np.ndarray:
     """Class balancing: each task (the task of a sample's own dataset) gets the same share of the
-    samples, and inside a task each class the same share. `oversample[i]`: samples of dataset i are
-    drawn that many times as often as the others of their class (e.g. a small in-domain set)."""
+    samples, and inside a task each class the same share. A sample with `draw_factor` F is drawn F times
+    as often as the others of its class (e.g. a small in-domain set)."""
     if primary is None:  # the first head a sample has a label for
         primary = np.argmax(split.labels >= 0, axis=1)
-    per_source = np.ones(len(split)) if oversample is None else np.asarray(oversample, float)[split.source]
+    factor = np.ones(len(split)) if split.draw_factor is None else split.draw_factor
     w = np.zeros(len(split), np.float64)
     tasks = np.unique(primary)
     for t in tasks:
@@ -118,7 +132,7 @@ def sample_weights(
         classes = np.unique(split.labels[in_t, t])
         for c in classes:
             sel = in_t & (split.labels[:, t] == c)
-            w[sel] = per_source[sel] / (len(tasks) * len(classes) * per_source[sel].sum())
+            w[sel] = factor[sel] / (len(tasks) * len(classes) * factor[sel].sum())
     return w / w.sum()
 
 
@@ -322,7 +336,7 @@ def train(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))) * 0.98 + 0.02
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    weights = sample_weights(train_split, train_split.primary, cfg.oversample)
+    weights = sample_weights(train_split, train_split.primary)
     no_mask_rows = np.zeros(len(train_split), bool)
     if "mask" in model.heads:
         no_mask_rows = train_split.labels[:, model.heads.index("mask")] == TASK_LABELS["mask"].index(
