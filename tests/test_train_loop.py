@@ -125,6 +125,28 @@ def test_keep_last_exports_the_last_epoch(trained, tmp_path):
     np.testing.assert_allclose(got[0], ref, atol=1e-4, rtol=1e-3)
 
 
+def test_train_only_one_head_keeps_features_and_the_other_head_exactly(trained, tmp_path):
+    import onnxruntime as ort
+
+    from maskwatch.train.cli import run_training
+
+    out, _, mask, gender = trained
+    run = tmp_path / "gender_only"
+    run_training("attributes", [str(mask), str(gender)], [], "mnv2-attr", run, size=32, epochs=2,
+                 batch_size=8, pretrained=False, workers=2, progress=False, init=out / "best.pt",
+                 train_only="gender", keep="last", lr=1e-2)  # fmt: skip
+    x = np.random.default_rng(2).normal(size=(4, 3, 32, 32)).astype(np.float32)
+
+    def run_onnx(d):
+        sess = ort.InferenceSession(str(d / "attributes.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(["mask", "gender"], {"input": x})
+
+    (m0, g0), (m1, g1) = run_onnx(out), run_onnx(run)
+    np.testing.assert_array_equal(m1, m0)  # BN statistics and the mask head untouched
+    assert np.abs(g1 - g0).max() > 1e-3  # the gender head learnt
+    assert json.loads((run / "history.json").read_text())["config"]["train_only"] == "gender"
+
+
 def test_sample_weights_balance_tasks_and_classes():
     from maskwatch.train.loop import Split, sample_weights
 

@@ -113,6 +113,7 @@ def run_training(
     init: str | Path | None = None,
     low_res: float | None = None,
     mask_from_gender: bool = True,
+    train_only: str | None = None,
     quantize: bool = False,
     quantize_samples: int = 400,
 ) -> dict:
@@ -159,6 +160,7 @@ def run_training(
         incorrect_mask_p=incorrect_mask,
         low_res_p=0.35 if low_res is None else low_res,
         gender_faces_unmasked=mask_from_gender,
+        train_only=train_only,
     )
     # load data; split each task's data 80/20 unless a validation folder of that task is given
     train_sets, val_sets, data_card = [], [], []
@@ -214,6 +216,10 @@ def run_training(
     model = build(arch, heads, pretrained=pretrained)
     if init:  # fine-tune from earlier weights (a state dict, e.g. OUT/best.pt of another run)
         model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    if train_only:
+        if not hasattr(model, "train_only"):
+            raise click.UsageError(f"--train-only needs the two-head mnv2-attr net, not {arch}")
+        model.train_only(train_only)
     history = train(model, tr_split, va_split, cfg, out, resume=resume, progress=progress)
     history["parameters"] = {"trainable": count_params(model), "total": count_params(model, False)}
     (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -397,6 +403,12 @@ def _positions(source: np.ndarray) -> list[int]:
     "a rare kind of face). Repeatable.",
 )
 @click.option(
+    "--train-only",
+    type=click.Choice(["mask", "gender"]),
+    default=None,
+    help="Train this head only (with --init): the features and the other head stay exactly as they are.",
+)
+@click.option(
     "--keep",
     type=click.Choice(["best", "last"]),
     default="best",
@@ -430,6 +442,7 @@ def train(
     init,
     low_res,
     mask_from_gender,
+    train_only,
     quantize,
     device,
     resume,
@@ -471,6 +484,7 @@ def train(
         init=init,
         low_res=low_res,
         mask_from_gender=mask_from_gender,
+        train_only=train_only,
         quantize=quantize,
         device=device,
         resume=resume,

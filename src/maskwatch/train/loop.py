@@ -50,6 +50,7 @@ class TrainConfig:
     # the weights exported: the best epoch on validation, or the last one (fine-tuning toward data the
     # validation set does not represent, where a saturated validation score picks at random)
     keep: str = "best"
+    train_only: str | None = None  # one head learns; features and other heads frozen
     num_workers: int = 8
     amp: bool = True
     pretrained: bool = True

@@ -219,6 +219,24 @@ class AttributeNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head_layers = nn.ModuleDict({h: nn.Linear(1280, 2) for h in self.heads})
 
+        self.frozen_features = False
+
+    def train_only(self, head: str) -> None:
+        """Freeze the features (BN statistics included) and every other head: the other heads' outputs
+        stay exactly what they were, only `head` learns."""
+        if head not in self.heads:
+            raise ValueError(f"no head {head!r} (heads: {self.heads})")
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith(f"head_layers.{head}."))
+        self.frozen_features = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_features:
+            self.features.eval()
+        return self
+
     def forward(self, x):
         f = self.dropout(torch.flatten(self.pool(self.features(x)), 1))
         return {h: self.head_layers[h](f) for h in self.heads}
