@@ -81,8 +81,9 @@ def draw_factors(s: ImageSet, oversample: dict[str, float] | None) -> np.ndarray
     """Per sample of `s`: the factor of its class folder, else of its dataset folder, else 1."""
     factors = {Path(k).resolve(): v for k, v in (oversample or {}).items()}
     own = factors.get(Path(s.root).resolve(), 1.0)
-    by_class = {d: factors.get(d, own) for d in {Path(f).parent.resolve() for f in s.files}}
-    return np.array([by_class[Path(f).parent.resolve()] for f in s.files], np.float64)
+    parents = [str(Path(f).parent) for f in s.files]
+    by_class = {d: factors.get(Path(d).resolve(), own) for d in set(parents)}
+    return np.array([by_class[d] for d in parents], np.float64)
 
 
 def make_split(

@@ -218,8 +218,7 @@ class AttributeNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.head_layers = nn.ModuleDict({h: nn.Linear(1280, 2) for h in self.heads})
-
-        self.frozen_features = False
+        self.frozen_features = False  # train_only(): features in eval mode, BN statistics kept
 
     def train_only(self, head: str) -> None:
         """Freeze the features (BN statistics included) and every other head: the other heads' outputs
