@@ -70,14 +70,16 @@ scene-stage: $(VENV)/.dev
 	    --no-mask-from-gender --occlusion 0.25 --incorrect-mask 0.2 --low-res 0.5 --quantize --out $(OUT)
 
 # The scenes/dev figures of a model that trains on scenes/dev: 2-fold cross-validation by photo
-# (each fold's model never saw the photos it is measured on).
+# (each fold's model never saw the photos it is measured on), pooled into the card's cross-validation figure.
 cv-scenes: $(VENV)/.dev
 	for f in 0 1; do \
 	  $(BIN)/maskwatch prepare $(SHARED)/data/scenes/dev $(CROPS)/scenes_not$$f --exclude-fold $$f/2 --yunet $(YUNET) && \
 	  $(MAKE) scene-stage FROM=runs/models/finetune/best.pt SCENES=$(CROPS)/scenes_not$$f OUT=runs/models/cv$$f && \
 	  $(BIN)/maskwatch evaluate scenes $(SHARED)/data/scenes/dev --fold $$f/2 --yunet $(YUNET) \
-	      --model runs/models/cv$$f --update-card $(MODEL)/attributes.json --key scenes_dev_fold$$f || exit 1; \
+	      --model runs/models/cv$$f --json runs/models/cv$$f/scenes_dev_fold$$f.json || exit 1; \
 	done
+	$(BIN)/maskwatch evaluate folds runs/models/cv0/scenes_dev_fold0.json runs/models/cv1/scenes_dev_fold1.json \
+	    --update-card $(MODEL)/attributes.json
 
 # The figures of the model card (and the README): quoted from these commands' JSON.
 evaluate: $(VENV)/.dev

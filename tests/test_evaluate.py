@@ -103,6 +103,42 @@ def test_evaluate_scenes_fold_cli(tmp_path, bundled, yunet_path):
     assert res.exit_code != 0 and "0 <= I < K" in res.output
 
 
+def _fold(spec, mask, no_mask, inc):
+    """A fold result as `evaluate scenes --fold` writes it: (n, recall) per class."""
+    return {
+        "command": "scenes",
+        "fold": spec,
+        "per_class": {
+            "mask": {"n": mask[0], "recall": mask[1]},
+            "no_mask": {"n": no_mask[0], "recall": no_mask[1]},
+        },
+        "mask_balanced_accuracy": (mask[1] + no_mask[1]) / 2,
+        "mask_weared_incorrect": {"n": inc[0], "recall_as_no_mask": inc[1]},
+        "recall_ge32": 0.9,
+    }
+
+
+def test_evaluate_folds_pools_cross_validation(tmp_path, bundled):
+    import shutil
+
+    a, b = tmp_path / "f0.json", tmp_path / "f1.json"
+    a.write_text(json.dumps(_fold("0/2", (10, 0.9), (5, 0.6), (2, 0.5))))
+    b.write_text(json.dumps(_fold("1/2", (30, 1.0), (5, 0.8), (2, 1.0))))
+    model = tmp_path / "model"
+    shutil.copytree(bundled, model)
+    card = model / "attributes.json"
+    res = CliRunner().invoke(E.evaluate, ["folds", str(a), str(b), "--update-card", str(card)])
+    assert res.exit_code == 0, res.output
+    cv = json.loads(card.read_text())["metrics"]["scenes_dev_cross_validation"]
+    assert cv["mask_balanced_accuracy_mean"] == 0.825  # (0.75 + 0.9) / 2
+    assert cv["per_class_pooled"] == {"mask": {"n": 40, "recall": 0.975}, "no_mask": {"n": 10, "recall": 0.7}}
+    assert cv["mask_balanced_accuracy_pooled"] == 0.8375
+    assert cv["mask_weared_incorrect_pooled"] == {"n": 4, "recall_as_no_mask": 0.75}
+    assert [f["fold"] for f in cv["folds"]] == ["0/2", "1/2"]
+    res = CliRunner().invoke(E.evaluate, ["folds", str(a), str(a)])
+    assert res.exit_code != 0 and "different folds" in res.output
+
+
 def test_evaluate_faces_real(shared_data, bundled, yunet_path, tmp_path):
     d = tmp_path / "g"
     for c in ("man", "woman"):

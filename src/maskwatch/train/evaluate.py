@@ -409,6 +409,43 @@ def evaluate_scenes(
     return out
 
 
+def pool_scene_folds(folds: list[dict]) -> dict:
+    """One cross-validation figure from `evaluate scenes --fold I/K` results, one per fold (each fold's
+    model never saw its photos): the mean of the folds' mask balanced accuracy, and recalls pooled over
+    all matched faces."""
+    specs = [f.get("fold") for f in folds]
+    if len(folds) < 2 or None in specs or len(set(specs)) != len(specs):
+        raise ValueError(f"need the results of two or more different folds (got folds {specs})")
+    if any(f.get("mask_balanced_accuracy") is None for f in folds):
+        raise ValueError("a fold result has no mask figures (its model gives no mask output)")
+    pooled = {}
+    for lab in TASK_LABELS["mask"]:
+        n = sum(f["per_class"][lab]["n"] for f in folds)
+        hits = sum(f["per_class"][lab]["n"] * (f["per_class"][lab]["recall"] or 0) for f in folds)
+        pooled[lab] = {"n": n, "recall": _r(hits / n) if n else None}
+    inc = [f["mask_weared_incorrect"] for f in folds if f["mask_weared_incorrect"]["n"]]
+    inc_n = sum(i["n"] for i in inc)
+    recalls = [v["recall"] for v in pooled.values() if v["recall"] is not None]
+    return {
+        "command": "folds",
+        "how": f"{len(folds)}-fold cross-validation by photo: each fold's model is measured on the photos it "
+        "was trained without",
+        "mask_balanced_accuracy_mean": _r(np.mean([f["mask_balanced_accuracy"] for f in folds])),
+        "mask_balanced_accuracy_pooled": _r(np.mean(recalls)) if recalls else None,
+        "per_class_pooled": pooled,
+        "mask_weared_incorrect_pooled": {
+            "n": inc_n,
+            "recall_as_no_mask": _r(sum(i["n"] * i["recall_as_no_mask"] for i in inc) / inc_n)
+            if inc_n
+            else None,
+        },
+        "recall_ge32_mean": _r(
+            np.mean([f["recall_ge32"] for f in folds if f.get("recall_ge32") is not None])
+        ),
+        "folds": [{k: v for k, v in f.items() if k != "command"} for f in folds],
+    }
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def _emit(result: dict, json_out: str | None, update_card: str | None, key: str | None) -> None:
     text = json.dumps(result, indent=1)
@@ -564,3 +601,24 @@ def scenes_cmd(data_dir, score, fold, detector, yunet, single_pass, model, json_
         update_card,
         key,
     )
+
+
+@evaluate.command("folds")
+@click.argument("fold_results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the result here."
+)
+@click.option(
+    "--update-card",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Also store the result in this model card's metrics.",
+)
+@click.option("--key", default="scenes_dev_cross_validation", show_default=True, help="Metrics key.")
+def folds_cmd(fold_results, json_out, update_card, key):
+    """Pool `evaluate scenes --fold I/K` JSON results (one per fold) into one cross-validation figure."""
+    try:
+        pooled = pool_scene_folds([json.loads(Path(p).read_text()) for p in fold_results])
+    except (ValueError, KeyError) as exc:
+        raise click.UsageError(f"cannot pool {', '.join(fold_results)}: {exc}") from None
+    _emit(pooled, json_out, update_card, key)
