@@ -107,6 +107,30 @@ def test_crop_box_rule_margin_and_square(model_dir):
     assert (chip[16, 16] == RED).all() and (chip[16, 0] != RED).any()  # the margin shows background
 
 
+def test_masked_faces_get_gender_from_a_crop_framed_as_when_bare(tmp_path):
+    # a detector boxes a masked face higher; the card says how, and the gender crop moves back down
+    shift = {
+        "rule": "box",
+        "margin": 0.0,
+        "square": True,
+        "masked_faces": {"shift": [0, -0.5], "log_scale": 0},
+    }
+    plain = AttributeClassifier.from_dir(make_tiny_model(tmp_path / "a", crop={"rule": "box", "margin": 0.0}))
+    moved = AttributeClassifier.from_dir(make_tiny_model(tmp_path / "b", crop=shift))
+    masked, bare = (100, 60, 140, 100), (200, 60, 240, 100)
+    frame = face_canvas(
+        [(masked, RED), ((100, 100, 140, 140), BLUE), (bare, GREEN), ((200, 100, 240, 140), BLUE)]
+    )
+    faces = [Face(masked, 0.9), Face(bare, 0.9)]
+    a, b = plain.predict(frame, faces), moved.predict(frame, faces)
+    np.testing.assert_array_equal(a["mask"], b["mask"])  # the mask head reads the detector's crop
+    assert a["gender"][0, 1] > 0.99 and b["gender"][0, 1] < 0.9  # woman (red) -> half red, half blue
+    np.testing.assert_array_equal(a["gender"][1], b["gender"][1])  # no mask: the same crop
+    assert b["gender"].shape == (2, 2) and set(moved.predict(frame, faces, {"gender"})) == {"gender"}
+    x1, y1, x2, y2 = moved.models[0].bare_face_box(faces[0])
+    assert (x1, y1, x2, y2) == (100, 80, 140, 120)
+
+
 def test_missing_models_are_clear(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no attribute model"):
         AttributeClassifier.from_dir(tmp_path)
@@ -126,6 +150,14 @@ def test_missing_models_are_clear(tmp_path):
         (lambda c: c["input"].update(name="x"), "not in"),
         (lambda c: c["input"].update(layout="CHWN"), "unsupported"),
         (lambda c: c.pop("input"), "bad field"),
+        (lambda c: c["crop"].update(masked_faces={"shift": [0, -0.1]}), "bad field"),
+        (
+            lambda c: (
+                c["crop"].update(masked_faces={"shift": [0, 0], "log_scale": 0}),
+                c["outputs"].pop("gender"),
+            ),
+            "both heads",
+        ),
     ],
 )
 def test_bad_cards_are_rejected(tmp_path, edit, match):

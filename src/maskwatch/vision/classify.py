@@ -77,6 +77,12 @@ class AttributeModel:
             self.margin = float(crop.get("margin", 0.0))
             self.square = bool(crop.get("square", True))
             self.template = crop.get("template")
+            masked = crop.get("masked_faces")
+            self.masked_faces = (
+                None
+                if masked is None
+                else (np.asarray(masked["shift"], np.float64).reshape(2), float(masked["log_scale"]))
+            )
             outputs = card["outputs"]
         except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise ModelCardError(
@@ -129,6 +135,10 @@ class AttributeModel:
                 activation=spec.get("activation", "softmax"),
                 threshold=float(spec.get("uncertain_threshold", 0.5)),
             )
+        if self.masked_faces is not None and (
+            self.crop_rule != "box" or "mask" not in self.heads or "gender" not in self.heads
+        ):
+            raise ModelCardError(f"{onnx_path.name}: crop.masked_faces needs the box rule and both heads")
         self._warned_no_landmarks = False
 
     @property
@@ -159,23 +169,47 @@ class AttributeModel:
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def bare_face_box(self, face: Face) -> tuple[float, float, float, float]:
+        """The crop box of a face the mask head calls masked, moved back to where the detector would have
+        boxed it bare (card `crop.masked_faces`: how it boxes masked faces, see `train.synth`)."""
+        x1, y1, x2, y2 = expand_box(face.box, self.margin, square=self.square)
+        shift, log_scale = self.masked_faces
+        w, h = (x2 - x1) / np.exp(log_scale), (y2 - y1) / np.exp(log_scale)
+        cx, cy = (x1 + x2) / 2 - shift[0] * w, (y1 + y2) / 2 - shift[1] * h
+        return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
     def predict(
         self, frame_bgr: np.ndarray, faces: Sequence[Face], tasks: Iterable[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Class probabilities per task, each (len(faces), n_labels), from one batched ONNX call."""
-        heads = [h for t, h in self.heads.items() if tasks is None or t in tasks]
-        if not faces or not heads:
-            return {h.task: np.zeros((0, len(h.labels)), np.float32) for h in heads}
-        x = self.preprocess([self.crop(frame_bgr, f) for f in faces])
+        """Class probabilities per task, each (len(faces), n_labels), from one batched ONNX call; with
+        `crop.masked_faces` in the card, gender of the faces called masked from a second call on crops
+        framed as the model learnt masked faces."""
+        wanted = [t for t in self.heads if tasks is None or t in tasks]
+        if not faces or not wanted:
+            return {t: np.zeros((0, len(self.heads[t].labels)), np.float32) for t in wanted}
+        reframe = self.masked_faces is not None and "gender" in wanted
+        run_tasks = [t for t in self.heads if t in wanted or (reframe and t == "mask")]
+        result = self._run([self.crop(frame_bgr, f) for f in faces], run_tasks)
+        if reframe:
+            masked = np.flatnonzero(result["mask"][:, self.heads["mask"].labels.index("mask")] >= 0.5)
+            if masked.size:
+                crops = [crop_resize(frame_bgr, self.bare_face_box(faces[i]), self.size) for i in masked]
+                result["gender"][masked] = self._run(crops, ["gender"])["gender"]
+        return {t: result[t] for t in wanted}
+
+    def _run(self, crops: Sequence[np.ndarray], tasks: Sequence[str]) -> dict[str, np.ndarray]:
+        heads = [self.heads[t] for t in tasks]
+        x = self.preprocess(crops)
         names = [h.output for h in heads]
-        if self.fixed_batch in (None, len(faces)):
+        n = len(crops)
+        if self.fixed_batch in (None, n):
             outs = self.session.run(names, {self.input_name: x})
         else:  # a graph exported with a fixed batch size: run it crop by crop
-            parts = [self.session.run(names, {self.input_name: x[i : i + 1]}) for i in range(len(faces))]
+            parts = [self.session.run(names, {self.input_name: x[i : i + 1]}) for i in range(n)]
             outs = [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
         result = {}
         for head, out in zip(heads, outs, strict=True):
-            out = np.asarray(out, np.float32).reshape(len(faces), -1)
+            out = np.asarray(out, np.float32).reshape(n, -1)
             if out.shape[1] != len(head.labels):
                 raise ModelCardError(
                     f"{self.name}: output {head.output} has {out.shape[1]} values, "
