@@ -41,12 +41,15 @@ def trained(tmp_path_factory):
 
 
 def test_outputs_and_card(trained):
+    from maskwatch.train.synth import MASKED_FACE_BOX
+
     out, card, _, _ = trained
     for f in ("attributes.onnx", "attributes.json", "history.json", "curves.png", "confusion_mask.png",
               "confusion_gender.png", "checkpoint.pt"):  # fmt: skip
         assert (out / f).is_file(), f
     assert json.loads((out / "attributes.json").read_text()) == card
     assert card["input"]["size"] == [32, 32] and card["crop"]["rule"] == "box"
+    assert card["crop"]["masked_faces"] == MASKED_FACE_BOX  # two heads: gender reframes masked faces
     assert card["outputs"]["mask"]["labels"] == ["mask", "no_mask"]
     assert card["outputs"]["gender"]["labels"] == ["man", "woman"]
     for h in ("mask", "gender"):
@@ -98,6 +101,7 @@ def test_resume_continues(trained, tmp_path):
                  workers=2, progress=False, resume=True, export_onnx=False)  # fmt: skip
     hist = json.loads((run / "history.json").read_text())
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
+    assert "masked_faces" not in json.loads((run / "mask.json").read_text())["crop"]  # one head: no reframe
     shutil.rmtree(run)
 
 
@@ -208,27 +212,6 @@ def test_drawn_masks_worn_properly_or_wrongly_on_unmasked_faces():
     # about 20 % each: properly worn (these become `mask`) and wrongly worn (stay `no_mask`)
     assert 0.1 < proper[unmasked].mean() < 0.3 and 0.1 < wrong[unmasked].mean() < 0.3
     assert changed[proper].all()
-
-
-def test_masked_reframe_recrops_only_faces_with_a_drawn_mask():
-    from maskwatch.train.data import DEFAULT_LANDMARKS
-    from maskwatch.train.loop import TrainConfig, cpu_augment
-
-    n, side = 60, 64
-    eye_row = int(DEFAULT_LANDMARKS[0, 1] * side)
-    batch = np.full((n, side, side, 3), 120, np.uint8)
-    batch[:, eye_row, :, 1] = 255  # a green marker row through the eyes, above any drawn mask
-    lms = np.repeat(DEFAULT_LANDMARKS[None], n, 0)
-    may_synth = np.arange(n) % 2 == 0
-    rows = {}
-    for reframe in (False, True):
-        cfg = TrainConfig(arch="mnv2-attr", synthetic_mask=0.5, jpeg_p=0.0, masked_reframe=reframe)
-        out, drawn = cpu_augment(batch, lms, may_synth, cfg, np.random.default_rng(0))
-        assert 5 < drawn.sum() < 25 and not drawn[~may_synth].any()
-        assert np.array_equal(out[~drawn], batch[~drawn])  # no mask drawn: never re-cropped
-        rows[reframe] = out[drawn][:, :, side // 2, 1].argmax(1)
-    assert (rows[False] == eye_row).all()
-    assert rows[True].mean() > eye_row + 1 and len(set(rows[True])) > 2  # boxed higher: the face moves down
 
 
 def test_oversample_option_names_data_or_class_folders(tmp_path):

@@ -114,7 +114,6 @@ def run_training(
     low_res: float | None = None,
     mask_from_gender: bool = True,
     train_only: str | None = None,
-    masked_reframe: bool = False,
     quantize: bool = False,
     quantize_samples: int = 400,
 ) -> dict:
@@ -126,6 +125,7 @@ def run_training(
     from maskwatch.train.evaluate import fairness_report
     from maskwatch.train.loop import TrainConfig, make_split, predict_split, resolve_device, train
     from maskwatch.train.nets import DEFAULT_SIZE, build, count_params, normalization
+    from maskwatch.train.synth import MASKED_FACE_BOX
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,6 @@ def run_training(
         low_res_p=0.35 if low_res is None else low_res,
         gender_faces_unmasked=mask_from_gender,
         train_only=train_only,
-        masked_reframe=masked_reframe,
     )
     # load data; split each task's data 80/20 unless a validation folder of that task is given
     train_sets, val_sets, data_card = [], [], []
@@ -287,10 +286,11 @@ def run_training(
         std=std,
         heads=heads,
         thresholds=thresholds,
+        # a face the mask head calls masked: gender from a crop framed as the bare face's (synth.py)
+        masked_faces=dict(MASKED_FACE_BOX) if {"mask", "gender"} <= set(heads) else None,
         data={
             "train": data_card,
             "synthetic_mask_probability": synthetic_mask,
-            "drawn_masks_reframed_as_detected": masked_reframe,
             "gender_sets_teach_no_mask": "mask" in heads and "gender" in heads,
         },
         metrics=metrics,
@@ -391,12 +391,6 @@ def _positions(source: np.ndarray) -> list[int]:
     help="attributes: gender folders also train the mask head (no_mask, or mask when one is drawn).",
 )
 @click.option(
-    "--masked-reframe",
-    is_flag=True,
-    help="Re-crop faces with a drawn mask the way the detector frames masked faces (it boxes them higher: "
-    "the chin is hidden), as measured on UTKFace photos.",
-)
-@click.option(
     "--quantize", is_flag=True, help="Ship int8 (static, QDQ) ONNX; the float one is kept as NAME-fp32.onnx."
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
@@ -452,7 +446,6 @@ def train(
     low_res,
     mask_from_gender,
     train_only,
-    masked_reframe,
     quantize,
     device,
     resume,
@@ -495,7 +488,6 @@ def train(
         low_res=low_res,
         mask_from_gender=mask_from_gender,
         train_only=train_only,
-        masked_reframe=masked_reframe,
         quantize=quantize,
         device=device,
         resume=resume,

@@ -110,6 +110,7 @@ def make_card(
     heads: tuple[str, ...],
     thresholds: dict[str, float],
     margin: float = 0.2,
+    masked_faces: dict | None = None,
     data: dict | None = None,
     metrics: dict | None = None,
     fairness: dict | None = None,
@@ -129,7 +130,8 @@ def make_card(
             "mean": [float(v) for v in mean],
             "std": [float(v) for v in std],
         },
-        "crop": {"rule": "box", "margin": margin, "square": True},
+        "crop": {"rule": "box", "margin": margin, "square": True}
+        | ({"masked_faces": masked_faces} if masked_faces else {}),
         "outputs": {
             h: {
                 "output": h,

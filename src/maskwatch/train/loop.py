@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from maskwatch.train.data import TASK_LABELS, ImageSet
-from maskwatch.train.synth import MASKED_REFRAME, draw_mask, occlude, reframe_as_detected
+from maskwatch.train.synth import draw_mask, occlude
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ class TrainConfig:
     incorrect_mask_p: float = 0.0  # probability of a mask worn below the nose / on the chin (`no_mask`);
     # as many unmasked faces get a properly worn drawn mask (`mask`)
     jpeg_p: float = 0.25
-    # re-crop faces with a drawn mask the way the detector frames masked faces (`synth.MASKED_REFRAME`)
-    masked_reframe: bool = False
     max_steps_per_epoch: int | None = None
     # the weights exported: the best epoch on validation, or the last one (fine-tuning toward data the
     # validation set does not represent, where a saturated validation score picks at random)
@@ -167,8 +165,6 @@ def cpu_augment(
     for i in range(len(batch)):
         if cfg.synthetic_mask > 0 and may_synth[i] and rng.random() < cfg.synthetic_mask:
             out[i] = draw_mask(out[i], _landmarks_or_default(landmarks[i], rng) * side, rng)
-            if cfg.masked_reframe:
-                out[i] = reframe_as_detected(out[i], rng)
             drawn[i] = True
         elif cfg.augment and may_occlude is not None and may_occlude[i]:
             r = rng.random()
@@ -177,8 +173,6 @@ def cpu_augment(
                 # masks on both sides, so the model learns where a mask sits, not what a drawn one looks like
                 worn = "correct" if r >= cfg.incorrect_mask_p else str(rng.choice(["below_nose", "chin"]))
                 out[i] = draw_mask(out[i], _landmarks_or_default(landmarks[i], rng) * side, rng, worn=worn)
-                if cfg.masked_reframe and worn in MASKED_REFRAME:
-                    out[i] = reframe_as_detected(out[i], rng, worn)
                 drawn[i] = worn == "correct"
             elif len(batch) > 1 and r < 2 * cfg.incorrect_mask_p + cfg.occlusion_p:
                 out[i] = occlude(out[i], batch[(i + 1 + rng.integers(len(batch) - 1)) % len(batch)], rng)

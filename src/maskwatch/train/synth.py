@@ -224,53 +224,19 @@ def occlude(image: np.ndarray, source: np.ndarray, rng: np.random.Generator) -> 
 
 
 # ------------------------------------------------------------------------- framing of masked faces
-# Where the detector boxes a face once it wears a mask, relative to the box of the same face bare, as the
-# `box` crop rule (margin 0.2, square) sees it: the crop centre's offset (x, y; in crop sides; y < 0 is
-# up) and the log of the crop side ratio. A properly worn mask moves the box up (the chin is no longer
-# found) and, on tight crops, shrinks it. Median and covariance (central 90 % of each value) per way of
-# wearing, over bare faces of two training sets (loose UTKFace photos and tight facemask12k crops) with
-# the app's photo detector:
+# How the detector boxes a face once it wears a mask properly, relative to the same face bare, as the `box`
+# crop rule (margin 0.2, square) sees it: the crop centre moves by `shift` (x, y; in crop sides; y < 0 is
+# up: the chin is hidden) and its side by exp(`log_scale`). Medians over bare faces of two training sets
+# (loose UTKFace photos and tight facemask12k crops), with the app's photo detector:
 #   python -m maskwatch.train.synth 1200 ../shared/data/gender/utkface ../shared/data/mask/facemask12k/train
-MASKED_REFRAME = {
-    "correct": (
-        (0.001, -0.073, -0.011),
-        ((0.00146, 5e-05, 1e-05), (5e-05, 0.0041, 0.00117), (1e-05, 0.00117, 0.00992)),
-    ),
-    "below_nose": (
-        (0.0, -0.046, -0.039),
-        ((0.00098, -4e-05, 5e-05), (-4e-05, 0.00294, -0.00087), (5e-05, -0.00087, 0.0048)),
-    ),
-    "chin": ((0.0, 0.0, 0.0), ((2e-05, 1e-05, 0.0), (1e-05, 0.00033, -0.00028), (0.0, -0.00028, 0.00045))),
-}
+# Cards of two-head models carry it (`crop.masked_faces`): the gender head learnt masked faces from masks
+# drawn on crops of bare faces, so it reads a face called masked from a crop moved back to that framing.
+MASKED_FACE_BOX = {"shift": [0.001, -0.083], "log_scale": -0.022}
 
 
-def reframe_as_detected(image: np.ndarray, rng: np.random.Generator, worn: str = "correct") -> np.ndarray:
-    """`image` (a square face crop of a bare face with a mask drawn on) re-cropped the way the detector
-    would frame the masked face: shifted and rescaled by a draw from `MASKED_REFRAME`, edges repeated."""
-    mean, cov = MASKED_REFRAME[worn]
-    dx, dy, log_r = rng.multivariate_normal(mean, cov)
-    dx, dy, r = (
-        float(np.clip(dx, -0.2, 0.2)),
-        float(np.clip(dy, -0.3, 0.2)),
-        float(np.exp(np.clip(log_r, -0.4, 0.4))),
-    )
-    side = image.shape[0]
-    # a pixel of the new crop -> the old crop: src = r * dst + side * (0.5 + offset - 0.5 * r)
-    m = np.array([[r, 0, side * (0.5 + dx - 0.5 * r)], [0, r, side * (0.5 + dy - 0.5 * r)]])
-    return cv2.warpAffine(
-        image,
-        m,
-        (image.shape[1], side),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-
-
-def measure_masked_reframe(
-    images: Iterable[np.ndarray], detector, worn: str = "correct", seed: int = 0
-) -> np.ndarray:
-    """Rows (dx, dy, log side ratio) of `MASKED_REFRAME` for each BGR photo whose largest face the
-    detector finds both bare and with a drawn mask (`detector`: the app's photo detector)."""
+def measure_masked_box(images: Iterable[np.ndarray], detector, seed: int = 0) -> np.ndarray:
+    """Rows (dx, dy, log side ratio) as in `MASKED_FACE_BOX`, one per BGR photo whose largest face the
+    `detector` (the app's photo detector) finds both bare and with a mask drawn on."""
     from maskwatch.vision.geometry import expand_box
 
     def crop_square(box) -> np.ndarray:
@@ -285,9 +251,7 @@ def measure_masked_reframe(
         bare = max(faces, key=lambda f: f.width * f.height)
         if bare.landmarks is None:
             continue
-        masked = draw_mask(
-            img, np.asarray(bare.landmarks), np.random.default_rng([seed, k]), rgb=False, worn=worn
-        )
+        masked = draw_mask(img, np.asarray(bare.landmarks), np.random.default_rng([seed, k]), rgb=False)
         found = detector.detect(masked)
         if not found:
             continue
@@ -297,33 +261,24 @@ def measure_masked_reframe(
     return np.array(rows, np.float64).reshape(-1, 3)
 
 
-def summarize_reframe(rows: np.ndarray) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
-    """Median and covariance of the central 90 % of each value (a few faces are boxed very differently
-    once masked; they would blow up the covariance)."""
-    lo, hi = np.percentile(rows, 5, axis=0), np.percentile(rows, 95, axis=0)
-    core = rows[((rows >= lo) & (rows <= hi)).all(1)]
-    median = tuple(round(float(v), 3) for v in np.median(rows, axis=0))
-    cov = tuple(tuple(round(float(v), 5) for v in r) for r in np.cov(core.T))
-    return median, cov
+def masked_face_box(rows: np.ndarray) -> dict:
+    """`MASKED_FACE_BOX` from `measure_masked_box` rows: medians (a few faces are boxed very differently
+    once masked, e.g. found again only by the border retry)."""
+    med = np.median(rows, axis=0)
+    return {"shift": [round(float(med[0]), 3), round(float(med[1]), 3)], "log_scale": round(float(med[2]), 3)}
 
 
-if __name__ == "__main__":  # python -m maskwatch.train.synth N DIR [DIR ...]: MASKED_REFRAME's figures
+if __name__ == "__main__":  # python -m maskwatch.train.synth N DIR [DIR ...]: MASKED_FACE_BOX
     import json
     import sys
 
     from maskwatch.train.data import list_images, photo_detector, read_image
 
     n, folders = int(sys.argv[1]), sys.argv[2:]
-    paths = []  # N unmasked faces of each folder
+    paths = []  # N bare faces of each folder
     for d in folders:
         bare = [p for p, label in list_images(d) if label in ("no_mask", "man", "woman")]
-        paths += [
-            bare[i] for i in np.random.default_rng(1).choice(len(bare), min(n, len(bare)), replace=False)
-        ]
-    det = photo_detector()
-    out = {}
-    for worn in TOP_EDGE:
-        imgs = (im for im in map(read_image, paths) if im is not None)
-        rows = measure_masked_reframe(imgs, det, worn)
-        out[worn] = {"faces": len(rows), "median_and_cov": summarize_reframe(rows)}
-    print(json.dumps(out))
+        pick = np.random.default_rng(1).choice(len(bare), min(n, len(bare)), replace=False)
+        paths += [bare[i] for i in pick]
+    rows = measure_masked_box((im for im in map(read_image, paths) if im is not None), photo_detector())
+    print(json.dumps({"faces": len(rows), **masked_face_box(rows)}))
