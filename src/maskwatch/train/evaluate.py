@@ -137,9 +137,6 @@ def load_classifier(model: str | Path | None, threads: int | None = None):
 
 def _run_crops(model, crops_bgr: list[np.ndarray], task: str, batch: int = 64) -> np.ndarray:
     """Probabilities of one head for already-cropped BGR images (resized to the model's input)."""
-    from maskwatch.vision.classify import softmax
-
-    head = model.heads[task]
     outs = []
     for i in range(0, len(crops_bgr), batch):
         chunk = [
@@ -152,20 +149,8 @@ def _run_crops(model, crops_bgr: list[np.ndarray], task: str, batch: int = 64) -
             )
             for c in crops_bgr[i : i + batch]
         ]
-        x = model.preprocess(chunk)
-        if model.fixed_batch not in (None, len(chunk)):
-            o = np.concatenate(
-                [
-                    model.session.run([head.output], {model.input_name: x[j : j + 1]})[0]
-                    for j in range(len(chunk))
-                ]
-            )
-        else:
-            o = model.session.run([head.output], {model.input_name: x})[0]
-        o = np.asarray(o, np.float32).reshape(len(chunk), -1)
-        o = softmax(o) if head.activation == "softmax" else o / np.maximum(o.sum(1, keepdims=True), 1e-9)
-        outs.append(o)
-    return np.concatenate(outs) if outs else np.zeros((0, len(head.labels)), np.float32)
+        outs.append(model.run_crops(chunk, [task])[task])
+    return np.concatenate(outs) if outs else np.zeros((0, len(model.heads[task].labels)), np.float32)
 
 
 def _owner(classifier, task: str):

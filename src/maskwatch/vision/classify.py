@@ -189,15 +189,16 @@ class AttributeModel:
             return {t: np.zeros((0, len(self.heads[t].labels)), np.float32) for t in wanted}
         reframe = self.masked_faces is not None and "gender" in wanted
         run_tasks = [t for t in self.heads if t in wanted or (reframe and t == "mask")]
-        result = self._run([self.crop(frame_bgr, f) for f in faces], run_tasks)
+        result = self.run_crops([self.crop(frame_bgr, f) for f in faces], run_tasks)
         if reframe:
             masked = np.flatnonzero(result["mask"][:, self.heads["mask"].labels.index("mask")] >= 0.5)
             if masked.size:
                 crops = [crop_resize(frame_bgr, self.bare_face_box(faces[i]), self.size) for i in masked]
-                result["gender"][masked] = self._run(crops, ["gender"])["gender"]
+                result["gender"][masked] = self.run_crops(crops, ["gender"])["gender"]
         return {t: result[t] for t in wanted}
 
-    def _run(self, crops: Sequence[np.ndarray], tasks: Sequence[str]) -> dict[str, np.ndarray]:
+    def run_crops(self, crops: Sequence[np.ndarray], tasks: Sequence[str]) -> dict[str, np.ndarray]:
+        """Class probabilities per task for crops already cut by the card's rule (BGR, `size`)."""
         heads = [self.heads[t] for t in tasks]
         x = self.preprocess(crops)
         names = [h.output for h in heads]
