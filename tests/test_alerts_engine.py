@@ -246,6 +246,22 @@ def test_simulation_small_no_loss_no_duplicates(tmp_path):
     assert out["lost"] == 0 and out["duplicates"] == 0
 
 
+def test_simulate_command_leaves_no_files_behind(tmp_path, monkeypatch):
+    pytest.importorskip("aiosmtpd")
+    import json
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from maskwatch.alerts.cli import alerts
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    res = CliRunner().invoke(alerts, ["simulate", "--people", "3", "--sightings", "200", "--minutes", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["lost"] == 0
+    assert list(tmp_path.iterdir()) == []  # the run's databases went with its temporary folder
+
+
 def test_alerts_disabled_still_records_statistics(tmp_path):
     settings, store, engine, clock = make(tmp_path, alerts={"enabled": False})
     assert feed(engine, clock, [person(1), person(2, x=300, label="mask")], n=30) == []

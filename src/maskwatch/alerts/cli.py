@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -133,19 +134,22 @@ def simulate(people, sightings, minutes, seed, cap, outage, restart, video, yune
     expected emails vs received, lost, duplicates. Prints JSON."""
     from maskwatch.alerts.simulate import bench_frame_time, simulate_sightings
 
-    out = simulate_sightings(
-        people=people,
-        sightings=sightings,
-        seconds=minutes * 60,
-        seed=seed,
-        max_emails_per_hour=cap,
-        outage=(0.3, 0.6) if outage else None,
-        restart_at=0.5 if restart else None,
-    )
-    if video:
-        if not yunet:
-            raise click.UsageError("--video needs --yunet PATH (the YuNet ONNX file)")
-        out = {"sightings": out, "frame_time": bench_frame_time(video, yunet, frames=frames)}
+    if video and not yunet:
+        raise click.UsageError("--video needs --yunet PATH (the YuNet ONNX file)")
+    with tempfile.TemporaryDirectory(prefix="maskwatch-sim-") as workdir:  # databases of the runs
+        out = simulate_sightings(
+            people=people,
+            sightings=sightings,
+            seconds=minutes * 60,
+            seed=seed,
+            max_emails_per_hour=cap,
+            outage=(0.3, 0.6) if outage else None,
+            restart_at=0.5 if restart else None,
+            workdir=Path(workdir) / "sightings",
+        )
+        if video:
+            frame_time = bench_frame_time(video, yunet, frames=frames, workdir=Path(workdir) / "bench")
+            out = {"sightings": out, "frame_time": frame_time}
     click.echo(json.dumps(out, indent=2))
 
 

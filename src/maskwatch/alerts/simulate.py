@@ -15,7 +15,6 @@ import logging
 import random
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -184,7 +183,7 @@ def simulate_sightings(
     max_emails_per_hour: int = 10_000,
     outage: tuple[float, float] | None = (0.3, 0.6),
     restart_at: float | None = 0.5,
-    workdir: Path | None = None,
+    workdir: Path,
 ) -> dict:
     """Run the alert engine over simulated no-mask sightings and deliver through a real SMTP server.
 
@@ -195,7 +194,7 @@ def simulate_sightings(
     from maskwatch.store import Store
 
     rng = random.Random(seed)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="maskwatch-sim-"))
+    workdir = Path(workdir)
     sink = SmtpSink().start()
     settings = Settings(
         data_dir=workdir,
@@ -412,16 +411,14 @@ def video_results(
         yield frame, r, r.timings_ms["detect"]
 
 
-def bench_frame_time(
-    video: Path, yunet: Path, *, frames: int = 200, rounds: int = 2, workdir: Path | None = None
-):
+def bench_frame_time(video: Path, yunet: Path, *, workdir: Path, frames: int = 200, rounds: int = 2):
     """Video-loop frame time with alerts off vs on, paired: each decoded frame goes through the loop body
     once without the engine (detect + track) and once with it (detect + track + observe), back to back, so
     both see the same load. `rounds` passes over the clip. Returns figures in ms."""
     from maskwatch.alerts.engine import AlertEngine
     from maskwatch.store import Store
 
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="maskwatch-bench-"))
+    workdir = Path(workdir)
     clip, fps = read_frames(video, frames)
     times: dict[str, list[float]] = {"off": [], "on": []}
     observe: list[float] = []
