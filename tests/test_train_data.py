@@ -128,7 +128,7 @@ def test_prepare_scene_set_and_folds(tmp_path, shared_data, yunet_path):
     crops = sorted((tmp_path / "all").rglob("*.jpg"))
     assert len(crops) == rep["written"] and cv2.imread(str(crops[0])).shape == (48, 48, 3)
     s = D.load_folder(tmp_path / "all", 48)
-    assert set(s.labels) <= {"mask", "no_mask"} and len(s.labels) == rep["written"]
+    assert set(s.labels) <= {"mask", "no_mask", "incorrect"} and len(s.labels) == rep["written"]
     # folds split by photo: fold 0/2 holds photos 0, 2, 4; excluding it leaves 1, 3, 5
     names = [p.name for p, _ in D.scene_images(src)]
     assert [p.name for p, _ in D.scene_images(src, (0, 2))] == names[0::2]

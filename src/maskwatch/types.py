@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-MASK_LABELS = ("mask", "no_mask", "uncertain")
+MASK_LABELS = ("mask", "no_mask", "incorrect", "uncertain")  # incorrect: nose or mouth uncovered
 GENDER_LABELS = ("man", "woman", "uncertain")
 UNCERTAIN = "uncertain"
 

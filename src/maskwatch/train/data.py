@@ -25,7 +25,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-TASK_LABELS: dict[str, tuple[str, ...]] = {"mask": ("mask", "no_mask"), "gender": ("man", "woman")}
+# mask: `incorrect` = a mask is worn but leaves the nose or the mouth uncovered
+TASK_LABELS: dict[str, tuple[str, ...]] = {
+    "mask": ("mask", "no_mask", "incorrect"),
+    "gender": ("man", "woman"),
+}
 ALIASES = {
     "with_mask": "mask",
     "mask": "mask",
@@ -34,7 +38,9 @@ ALIASES = {
     "no_mask": "no_mask",
     "nomask": "no_mask",
     "unmasked": "no_mask",
-    "mask_weared_incorrect": "no_mask",
+    "mask_weared_incorrect": "incorrect",
+    "incorrect": "incorrect",
+    "mask_incorrect": "incorrect",
     "man": "man",
     "male": "man",
     "men": "man",
@@ -419,7 +425,7 @@ def prepare_scenes(
 ) -> dict:
     """Face crops of an annotated scene set, as the app sees them: the app's photo detector runs on each
     image, and each detected face matching an annotated box (IoU >= 0.5) is cropped by the crop rule into
-    `out/<annotated class>/` (`mask_weared_incorrect` reads as `no_mask`). Annotated faces the detector
+    `out/<annotated class>/` (`mask_weared_incorrect` reads as `incorrect`). Annotated faces the detector
     misses are not written: the app never classifies them. `exclude_fold=(i, k)` leaves out the photos
     `evaluate scenes --fold i/k` measures on."""
     detector = photo_detector(yunet_path, score_threshold)
@@ -438,7 +444,7 @@ def prepare_scenes(
         if img is None:
             unreadable += 1
             continue
-        gt = [(name, box) for name, box in read_voc(ann) if canonical_label(name) in ("mask", "no_mask")]
+        gt = [(name, box) for name, box in read_voc(ann) if canonical_label(name) in TASK_LABELS["mask"]]
         annotated += len(gt)
         faces = detector.detect(img)
         gt_boxes = np.array([b for _, b in gt], float).reshape(-1, 4)
