@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from maskwatch.types import Face
+from maskwatch.types import MASK_LABELS, Face
 from maskwatch.vision.classify import AttributeClassifier, ModelCardError, ModelNotFoundError
-from vision_helpers import BLUE, GREEN, GREY, RED, face_canvas, make_tiny_model
+from vision_helpers import BLUE, GREEN, GREY, MASK_LABELS_3, RED, YELLOW, face_canvas, make_tiny_model
 
 BOXES = [(10, 10, 60, 60), (100, 10, 150, 60), (200, 10, 250, 60), (10, 100, 60, 150)]
 
@@ -131,6 +131,40 @@ def test_masked_faces_get_gender_from_a_crop_framed_as_when_bare(tmp_path):
     assert (x1, y1, x2, y2) == (100, 80, 140, 120)
 
 
+def test_two_and_three_label_mask_cards_both_load_and_work(tmp_path, clf):
+    three = AttributeClassifier.from_dir(make_tiny_model(tmp_path / "m3", mask_labels=MASK_LABELS_3))
+    assert three.labels("mask") == ("mask", "no_mask", "incorrect")
+    assert clf.labels("mask") == ("mask", "no_mask")  # an older card (like the shipped one)
+    frame, faces = frame_and_faces([RED, GREEN, YELLOW, GREY])
+    assert [f.mask.label for f in three.classify(frame, faces)] == [
+        "mask",
+        "no_mask",
+        "incorrect",
+        "uncertain",
+    ]
+    assert three.predict(frame, faces)["mask"].shape == (4, 3)
+    assert [f.mask.label for f in clf.classify(frame, faces)][:2] == ["mask", "no_mask"]
+
+
+def test_masked_faces_reframe_applies_to_masks_worn_incorrectly(tmp_path):
+    # a mask under the nose still hides the chin: gender is read from the moved crop, as for `mask`
+    box = {"rule": "box", "margin": 0.0, "square": True}
+    crop = {**box, "masked_faces": {"shift": [0, -0.5], "log_scale": 0}}
+    plain = AttributeClassifier.from_dir(make_tiny_model(tmp_path / "a", crop=box, mask_labels=MASK_LABELS_3))
+    moved = AttributeClassifier.from_dir(
+        make_tiny_model(tmp_path / "b", crop=crop, mask_labels=MASK_LABELS_3)
+    )
+    incorrect, bare = (100, 60, 140, 100), (200, 60, 240, 100)
+    frame = face_canvas(
+        [(incorrect, YELLOW), ((100, 100, 140, 140), BLUE), (bare, GREEN), ((200, 100, 240, 140), BLUE)]
+    )
+    faces = [Face(incorrect, 0.9), Face(bare, 0.9)]
+    a, b = plain.predict(frame, faces), moved.predict(frame, faces)
+    assert b["mask"][0].argmax() == 2  # incorrect
+    assert a["gender"][0, 1] > 0.99 and b["gender"][0, 1] < 0.9  # woman (yellow) -> half yellow, half blue
+    np.testing.assert_array_equal(a["gender"][1], b["gender"][1])  # no mask: the same crop
+
+
 def test_missing_models_are_clear(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no attribute model"):
         AttributeClassifier.from_dir(tmp_path)
@@ -146,6 +180,13 @@ def test_missing_models_are_clear(tmp_path):
     "edit, match",
     [
         (lambda c: c["outputs"]["mask"].update(labels=["mask", "cat"]), "not valid"),
+        (lambda c: c["outputs"]["mask"].update(labels=["mask", "uncertain"]), "not valid"),
+        (lambda c: c["outputs"]["mask"].update(labels=["mask", "mask"]), "different labels"),
+        (lambda c: c["outputs"]["mask"].update(labels=["mask", "incorrect"]), "including"),
+        (lambda c: c["outputs"]["mask"].update(labels="mask,no_mask"), "list of strings"),
+        (lambda c: c["outputs"]["mask"].pop("labels"), "list of strings"),
+        # the graph's output is two wide: a card listing three labels does not fit it
+        (lambda c: c["outputs"]["mask"].update(labels=["mask", "no_mask", "incorrect"]), "has 2 values"),
         (lambda c: c["outputs"]["mask"].update(output="nope"), "not in"),
         (lambda c: c["input"].update(name="x"), "not in"),
         (lambda c: c["input"].update(layout="CHWN"), "unsupported"),
@@ -177,4 +218,4 @@ def test_bundled_model_if_present():
     assert "mask" in clf.tasks
     frame = np.full((240, 320, 3), 128, np.uint8)
     out = clf.classify(frame, [Face((100, 60, 200, 180), 0.9)])
-    assert out[0].mask.label in ("mask", "no_mask", "uncertain")
+    assert out[0].mask.label in MASK_LABELS  # two- or three-label mask head

@@ -10,7 +10,7 @@ from maskwatch.sources import open_source
 from maskwatch.vision.classify import AttributeClassifier
 from maskwatch.vision.detect import YuNetDetector
 from maskwatch.vision.pipeline import Pipeline
-from vision_helpers import GREEN, RED, FakeDetector, face_canvas, make_tiny_model
+from vision_helpers import GREEN, MASK_LABELS_3, RED, YELLOW, FakeDetector, face_canvas, make_tiny_model
 
 VIDEO = "videos/916241958_opencv_mask_detection__mask.mp4"  # 388x218, one masked face
 
@@ -78,6 +78,15 @@ def test_voting_resists_a_flicker_and_follows_a_real_change(clf):
     raw = Pipeline(FakeDetector([[box]]), clf, track=False)
     raw_labels = [r.faces[0].mask.label for r in run(raw, [([box], [c]) for c in colors])]
     assert raw_labels[6] == "no_mask" and raw.classified_last == 1  # no tracking: every face, every frame
+
+
+def test_three_label_model_votes_incorrect(tmp_path):
+    clf3 = AttributeClassifier.from_dir(make_tiny_model(tmp_path, mask_labels=MASK_LABELS_3))
+    box = (10, 10, 60, 60)
+    colors = [RED] * 4 + [YELLOW] * 8  # the mask slips under the nose
+    pipe = Pipeline(FakeDetector([[box]]), clf3, reclassify_every=1)
+    labels = [r.faces[0].mask.label for r in run(pipe, [([box], [c]) for c in colors])]
+    assert labels[:4] == ["mask"] * 4 and labels[-1] == "incorrect"
 
 
 def test_no_tracking_mode(clf):

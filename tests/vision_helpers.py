@@ -1,7 +1,8 @@
 """Helpers for the vision tests: tiny ONNX attribute models built on the fly, synthetic frames.
 
 The tiny model looks at the mean colour of the crop (RGB, values 0..1): red-ish crops are `mask`,
-green-ish `no_mask`; blue-ish `man`, red-ish `woman`; grey is undecided (-> `uncertain`).
+green-ish `no_mask` (and, with the three mask labels, yellow-ish `incorrect`); blue-ish `man`, red-ish
+`woman`; grey is undecided (-> `uncertain`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ os.environ.setdefault("MASKWATCH_ORT_THREADS", "1")
 cv2.setNumThreads(1)
 
 RED, GREEN, BLUE, GREY = (40, 40, 220), (40, 220, 40), (220, 40, 40), (128, 128, 128)  # BGR
+YELLOW = (40, 220, 220)  # BGR
+MASK_LABELS_2 = ("mask", "no_mask")  # older cards
+MASK_LABELS_3 = ("mask", "no_mask", "incorrect")
 
 
 def tiny_card(
@@ -30,11 +34,12 @@ def tiny_card(
     outputs: tuple[str, ...] = ("mask", "gender"),
     color: str = "RGB",
     layout: str = "NCHW",
+    mask_labels: tuple[str, ...] = MASK_LABELS_2,
 ) -> dict:
     heads = {
         "mask": {
             "output": "mask",
-            "labels": ["mask", "no_mask"],
+            "labels": list(mask_labels),
             "activation": activation,
             "uncertain_threshold": 0.8,
         },
@@ -72,15 +77,18 @@ def make_tiny_model(
     crop: dict | None = None,
     batch: int | str = "N",
     outputs: tuple[str, ...] = ("mask", "gender"),
+    mask_labels: tuple[str, ...] = MASK_LABELS_2,
 ) -> Path:
-    """Write NAME.onnx + NAME.json into `model_dir` (created) and return the directory."""
+    """Write NAME.onnx + NAME.json into `model_dir` (created) and return the directory. The mask head
+    has the columns of `mask_labels` (two: mask, no_mask; three: also incorrect)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     k = 20.0
-    w_mask = np.array([[k, -k], [-k, k], [0, 0]], np.float32)  # R - G
+    columns = {"mask": [k, -k, 0], "no_mask": [-k, k, 0], "incorrect": [k / 2, k / 2, -k]}  # R-G, G-R, yellow
+    w_mask = np.array([columns[lab] for lab in mask_labels], np.float32).T
     w_gender = np.array([[-k, k], [0, 0], [k, -k]], np.float32)  # B - R
     nodes = [helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[2, 3], keepdims=0)]
     inits, outs = [], []
@@ -92,7 +100,7 @@ def make_tiny_model(
         nodes.append(helper.make_node("MatMul", ["pooled", f"w_{task}"], [logits]))
         if activation == "none":
             nodes.append(helper.make_node("Softmax", [logits], [task], axis=1))
-        outs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, [batch, 2]))
+        outs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, [batch, w.shape[1]]))
     graph = helper.make_graph(
         nodes,
         name,
@@ -104,7 +112,9 @@ def make_tiny_model(
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(model_dir / f"{name}.onnx"))
-    card = tiny_card(name, size=size, activation=activation, crop=crop, outputs=outputs)
+    card = tiny_card(
+        name, size=size, activation=activation, crop=crop, outputs=outputs, mask_labels=mask_labels
+    )
     (model_dir / f"{name}.json").write_text(json.dumps(card, indent=2))
     return model_dir
 

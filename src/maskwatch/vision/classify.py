@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
 TASK_LABELS = {"mask": MASK_LABELS, "gender": GENDER_LABELS}
+# labels a head for the task must have: a mask head answers at least mask / no_mask (older cards), newer
+# ones also `incorrect` (nose or mouth uncovered); any order, as the graph's output columns are
+REQUIRED_LABELS = {"mask": ("mask", "no_mask"), "gender": ()}
+WORN_LABELS = ("mask", "incorrect")  # a mask is worn: the detector boxes the face as masked
 
 
 class ModelNotFoundError(RuntimeError):
@@ -111,22 +115,24 @@ class AttributeModel:
             )
         batch_dim = graph_inputs[self.input_name].shape[0]
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) else None
-        graph_outputs = {o.name for o in self.session.get_outputs()}
+        graph_outputs = {o.name: o for o in self.session.get_outputs()}
 
         self.heads: dict[str, Head] = {}
         for task, spec in outputs.items():
             if task not in TASK_LABELS:
                 log.warning("%s: ignoring unknown task %r in model card", onnx_path.name, task)
                 continue
-            labels = tuple(spec["labels"])
-            bad = [lab for lab in labels if lab not in TASK_LABELS[task] or lab == UNCERTAIN]
-            if bad:
+            labels = self._check_labels(task, spec.get("labels"))
+            out = graph_outputs.get(spec.get("output"))
+            if out is None:
                 raise ModelCardError(
-                    f"{onnx_path.name}: labels {bad} not valid for {task} {TASK_LABELS[task]}"
+                    f"{onnx_path.name}: output {spec.get('output')!r} not in {sorted(graph_outputs)}"
                 )
-            if spec["output"] not in graph_outputs:
+            width = out.shape[-1] if out.shape else None
+            if isinstance(width, int) and width != len(labels):
                 raise ModelCardError(
-                    f"{onnx_path.name}: output {spec['output']!r} not in {sorted(graph_outputs)}"
+                    f"{onnx_path.name}: output {out.name!r} has {width} values per face but the card's "
+                    f"{task} head lists {len(labels)} labels {list(labels)}"
                 )
             self.heads[task] = Head(
                 task=task,
@@ -140,6 +146,22 @@ class AttributeModel:
         ):
             raise ModelCardError(f"{onnx_path.name}: crop.masked_faces needs the box rule and both heads")
         self._warned_no_landmarks = False
+
+    def _check_labels(self, task: str, labels: Any) -> tuple[str, ...]:
+        """The head's labels (one per output column), or ModelCardError: known for the task, no repeats,
+        at least two, `uncertain` never (it is the threshold's answer, not a class)."""
+        where = f"{self.path.name}: {task} labels {labels!r}"
+        if not isinstance(labels, list) or not all(isinstance(lab, str) for lab in labels):
+            raise ModelCardError(f"{where} must be a list of strings")
+        bad = [lab for lab in labels if lab not in TASK_LABELS[task] or lab == UNCERTAIN]
+        if bad:
+            valid = [lab for lab in TASK_LABELS[task] if lab != UNCERTAIN]
+            raise ModelCardError(f"{where}: {bad} not valid (valid: {valid})")
+        missing = [lab for lab in REQUIRED_LABELS[task] if lab not in labels]
+        if len(set(labels)) != len(labels) or len(labels) < 2 or missing:
+            need = f", including {list(REQUIRED_LABELS[task])}" if REQUIRED_LABELS[task] else ""
+            raise ModelCardError(f"{where}: need two or more different labels{need}")
+        return tuple(labels)
 
     @property
     def name(self) -> str:
@@ -182,16 +204,19 @@ class AttributeModel:
         self, frame_bgr: np.ndarray, faces: Sequence[Face], tasks: Iterable[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Class probabilities per task, each (len(faces), n_labels), from one batched ONNX call; with
-        `crop.masked_faces` in the card, gender of the faces called masked from a second call on crops
-        framed as the model learnt masked faces."""
+        `crop.masked_faces` in the card, gender of the faces wearing a mask (`mask` or `incorrect`: a mask
+        under the nose still hides the chin) from a second call on crops framed as the model learnt
+        masked faces."""
         wanted = [t for t in self.heads if tasks is None or t in tasks]
         if not faces or not wanted:
             return {t: np.zeros((0, len(self.heads[t].labels)), np.float32) for t in wanted}
         reframe = self.masked_faces is not None and "gender" in wanted
         run_tasks = [t for t in self.heads if t in wanted or (reframe and t == "mask")]
         result = self.run_crops([self.crop(frame_bgr, f) for f in faces], run_tasks)
-        if reframe:
-            masked = np.flatnonzero(result["mask"][:, self.heads["mask"].labels.index("mask")] >= 0.5)
+        if reframe:  # faces with a mask worn, properly or not (`mask` + `incorrect` probability >= 0.5)
+            labels = self.heads["mask"].labels
+            worn = [labels.index(lab) for lab in WORN_LABELS if lab in labels]
+            masked = np.flatnonzero(result["mask"][:, worn].sum(axis=1) >= 0.5)
             if masked.size:
                 crops = [crop_resize(frame_bgr, self.bare_face_box(faces[i]), self.size) for i in masked]
                 result["gender"][masked] = self.run_crops(crops, ["gender"])["gender"]
