@@ -103,6 +103,38 @@ def test_stats_flushes_survive_reopen_and_add_up(tmp_path):
     s.close()
 
 
+def test_stats_count_masks_worn_incorrectly_as_not_compliant(store):
+    faces = [face(1, "mask"), face(2, "no_mask", x=60), face(3, "incorrect", x=120), face(4, "mask", x=180)]
+    store.record_frame("door", frame(*faces), at=T0)
+    # a person whose label goes from no_mask to incorrect counts once, with the latest label
+    store.record_frame("door", frame(face(2, "incorrect", x=60), i=1), at=T0 + timedelta(seconds=1))
+    store.record_frame("hall", frame(face(9, "incorrect")), at=T0)
+    out = store.stats()
+    door = out["per_camera"]["door"]
+    assert (door["people"], door["masked"], door["unmasked"], door["incorrect"]) == (4, 2, 0, 2)
+    assert door["compliance"] == 0.5  # 2 masked of 4: masks worn incorrectly do not comply
+    assert out["per_camera"]["hall"]["compliance"] == 0.0
+    assert out["totals"]["incorrect"] == 3 and out["buckets"][0]["incorrect"] == 3
+
+
+def test_schema_1_database_is_migrated_and_keeps_its_statistics(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    s = Store(url, snapshots_dir=tmp_path)
+    s.record_frame("door", frame(face(1, "mask"), face(2, x=60)), at=T0)
+    s.close()
+    con = sqlite3.connect(tmp_path / "m.db")  # make it a database written before `incorrect` existed
+    con.execute("ALTER TABLE minute_stats DROP COLUMN incorrect")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    s = Store(url, snapshots_dir=tmp_path)
+    assert s.schema_version() == SCHEMA_VERSION == 2
+    s.record_frame("door", frame(face(3, "incorrect")), at=T0 + timedelta(seconds=5))
+    totals = s.stats()["totals"]
+    assert (totals["people"], totals["masked"], totals["unmasked"], totals["incorrect"]) == (3, 1, 1, 1)
+    s.close()
+
+
 def test_events_snapshots_and_paging(store):
     for i in range(5):
         store.add_event(
@@ -121,10 +153,15 @@ def test_events_snapshots_and_paging(store):
     assert store.list_events(camera="door")[1] == 2
     assert store.list_events(since=T0 + timedelta(seconds=3))[1] == 2
     assert store.list_events(label="mask")[1] == 0
+    store.add_event(
+        camera="door", time=T0, track_id=9, mask=Attribute("incorrect", 0.88), gender=None, snapshot_jpeg=None
+    )
+    (inc,), n = store.list_events(label="incorrect")
+    assert n == 1 and inc.mask_label == "incorrect" and inc.to_dict()["mask_label"] == "incorrect"
     e = store.get_event(events[0].id)
     assert e == events[0] and e.gender_label == "woman"
     assert store.get_event(999) is None
-    assert [ev.track_id for ev in store.iter_events(batch=2)] == [0, 1, 2, 3, 4]
+    assert [ev.track_id for ev in store.iter_events(batch=2)] == [0, 1, 2, 3, 4, 9]
 
 
 def test_event_and_email_are_one_transaction(store):

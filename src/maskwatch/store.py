@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAIL_STATUSES = ("queued", "sending", "sent", "failed")
 
 
@@ -106,6 +106,7 @@ class MinuteRow(Base):
     people: Mapped[int] = mapped_column(Integer, default=0)
     masked: Mapped[int] = mapped_column(Integer, default=0)
     unmasked: Mapped[int] = mapped_column(Integer, default=0)
+    incorrect: Mapped[int] = mapped_column(Integer, default=0)  # a mask worn with nose or mouth uncovered
     uncertain: Mapped[int] = mapped_column(Integer, default=0)
     man: Mapped[int] = mapped_column(Integer, default=0)
     woman: Mapped[int] = mapped_column(Integer, default=0)
@@ -163,8 +164,13 @@ class SettingRow(Base):
     value: Mapped[dict] = mapped_column(JSON)
 
 
+def _add_incorrect_count(conn) -> None:
+    """Schema 1 -> 2: minute statistics count masks worn incorrectly (label `incorrect`)."""
+    conn.exec_driver_sql("ALTER TABLE minute_stats ADD COLUMN incorrect INTEGER NOT NULL DEFAULT 0")
+
+
 # Schema migrations: {from_version: function(connection)} bringing the schema to from_version + 1.
-_MIGRATIONS: dict[int, Callable[[Any], None]] = {}
+_MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _add_incorrect_count}
 
 
 # ----------------------------------------------------------------------------------------- data types
@@ -172,8 +178,9 @@ _MIGRATIONS: dict[int, Callable[[Any], None]] = {}
 
 @dataclass
 class Event:
-    """One alert: a person seen without a mask. `time` is aware UTC; `snapshot` is relative to the
-    store's snapshots directory. `id` is None until the event is written (see AlertEngine.flush)."""
+    """One alert: a person seen without a mask (`mask_label` no_mask) or wearing one with nose or mouth
+    uncovered (`incorrect`). `time` is aware UTC; `snapshot` is relative to the store's snapshots
+    directory. `id` is None until the event is written (see AlertEngine.flush)."""
 
     id: int | None
     camera: str
@@ -292,8 +299,8 @@ def _explain(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------ statistics buffer
 
-_COUNT_KEYS = ("people", "masked", "unmasked", "uncertain", "man", "woman")
-_MASK_KEY = {"mask": "masked", "no_mask": "unmasked", "uncertain": "uncertain"}
+_COUNT_KEYS = ("people", "masked", "unmasked", "incorrect", "uncertain", "man", "woman")
+_MASK_KEY = {"mask": "masked", "no_mask": "unmasked", "incorrect": "incorrect", "uncertain": "uncertain"}
 
 
 class _MinuteAccumulator:
@@ -330,7 +337,8 @@ def _count(c: Counter, mask: str, gender: str) -> None:
 
 
 def _with_compliance(d: dict[str, int]) -> dict[str, Any]:
-    decided = d["masked"] + d["unmasked"]
+    """Compliance = masked / (masked + unmasked + incorrect): a mask worn incorrectly does not comply."""
+    decided = d["masked"] + d["unmasked"] + d["incorrect"]
     return {**d, "compliance": (d["masked"] / decided) if decided else None}
 
 
