@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from maskwatch.alerts import AlertEngine, MailWorker
-from maskwatch.config import Settings
+from maskwatch.config import Settings, apply_overrides
 from maskwatch.store import Store
 from maskwatch.types import Attribute, Face, FrameResult
 
@@ -269,5 +269,24 @@ def test_alerts_disabled_still_records_statistics(tmp_path):
     assert store.list_events()[1] == 0
     totals = store.stats()["totals"]
     assert totals["people"] == 2 and totals["compliance"] == 0.5
+    engine.stop()
+    store.close()
+
+
+def test_incorrect_mask_event_and_the_setting_that_turns_it_off(tmp_path):
+    settings, store, engine, clock = make(tmp_path)
+    (ev,) = feed(engine, clock, [person(1, label="incorrect"), person(2, x=300, label="mask")], n=30)
+    assert engine.flush()
+    stored = store.get_event(ev.id)
+    assert stored.mask_label == "incorrect" and stored.mail_status == "queued"
+    (msg,), _ = store.list_outbox()
+    assert msg.subject.startswith("[maskwatch] Mask worn incorrectly: door")
+    totals = store.stats()["totals"]
+    assert (totals["incorrect"], totals["masked"], totals["compliance"]) == (1, 1, 0.5)
+    # off (as saved from the settings page): no alert for masks worn incorrectly, still counted
+    engine.update_settings(apply_overrides(settings, {"alerts": {"incorrect_mask_alerts": False}}))
+    assert feed(engine, clock, [person(3, x=500, label="incorrect")], n=30, cam="hall") == []
+    assert engine.flush() and store.list_events()[1] == 1
+    assert store.stats(camera="hall")["totals"]["incorrect"] == 1
     engine.stop()
     store.close()

@@ -79,6 +79,57 @@ def test_reentry_with_a_quick_id_switch():
     assert run(rules, [[f(1)]] * 20 + [[f(2, x=105)]] * 40) == [(10, 1)]
 
 
+def labels(rules, frames, fps=10.0, cam="door"):
+    """Like `run`, with the alert's mask label: [(frame_index, track_id, label)]."""
+    return [
+        (i, a.track_id, a.mask.label)
+        for i, faces in enumerate(frames)
+        for a in rules.update(cam, i / fps, faces)
+    ]
+
+
+def test_incorrect_mask_alerts_like_no_mask():
+    assert labels(AlertRules(settings()), [[f(1, "incorrect")]] * 30) == [(10, 1, "incorrect")]
+    assert labels(AlertRules(settings()), [[f(1, "incorrect", conf=0.7)]] * 30) == []  # low confidence
+    # masks worn incorrectly are one more reason to alert: they do not hide someone without a mask
+    frames = [[f(1, "incorrect"), f(2, x=600)]] * 30
+    assert labels(AlertRules(settings()), frames) == [(10, 1, "incorrect"), (10, 2, "no_mask")]
+
+
+def test_flipping_between_no_mask_and_incorrect_is_one_run_and_one_alert():
+    # the label flips every frame: the run is not reset, and the person alerts once
+    frames = [[f(1, "no_mask" if i % 2 else "incorrect")] for i in range(100)]
+    assert run(AlertRules(settings()), frames) == [(10, 1)]
+    # the alert carries the label seen most in the run, with that label's latest confidence
+    frames = [[f(1, "incorrect", conf=0.9)]] * 8 + [[f(1, "no_mask")]] * 3
+    rules = AlertRules(settings())
+    out = [a for i, faces in enumerate(frames) for a in rules.update("door", i / 10, faces)]
+    assert [(a.mask.label, a.mask.confidence) for a in out] == [("incorrect", 0.9)]
+    frames = [[f(1, "no_mask")]] * 5 + [[f(1, "incorrect")]] * 6  # 5 : 6 at the alert (frame 10)
+    assert labels(AlertRules(settings()), frames) == [(10, 1, "incorrect")]
+    frames = [[f(1, "incorrect")]] * 5 + [[f(1, "no_mask")]] * 10  # 5 : 6
+    assert labels(AlertRules(settings()), frames) == [(10, 1, "no_mask")]
+    # the cooldown holds across labels: no second alert when the same person changes label
+    frames = [[f(1, "no_mask")]] * 20 + [[f(1, "mask")]] * 5 + [[f(1, "incorrect")]] * 30
+    assert run(AlertRules(settings()), frames) == [(10, 1)]
+    # and so does re-entry: a person who left unmasked comes back with the mask under the nose
+    frames = [[f(1)]] * 20 + [[]] * 30 + [[f(2, "incorrect", x=110)]] * 30
+    assert run(AlertRules(settings()), frames) == [(10, 1)]
+
+
+def test_incorrect_mask_alerts_off():
+    rules = AlertRules(settings(incorrect_mask_alerts=False))
+    assert run(rules, [[f(1, "incorrect")]] * 50) == []
+    # no_mask still alerts; an incorrect frame counts as a mask worn, so it starts the run again
+    rules = AlertRules(settings(incorrect_mask_alerts=False))
+    frames = [[f(2)]] * 8 + [[f(2, "incorrect")]] + [[f(2)]] * 15
+    assert labels(rules, frames) == [(19, 2, "no_mask")]
+    # switched on again at run time (the settings page)
+    rules.update_settings(settings())
+    assert labels(rules, [[f(3, "incorrect", x=600)]] * 11, cam="hall") == [(10, 3, "incorrect")]
+    assert AlertSettings().incorrect_mask_alerts is True
+
+
 def test_cameras_are_independent_and_time_going_back_resets():
     rules = AlertRules(settings())
     assert run(rules, [[f(1)]] * 20, cam="a") == [(10, 1)]

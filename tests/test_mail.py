@@ -312,15 +312,25 @@ def test_cli_test_email_export_and_users(tmp_path, sink, monkeypatch):
         gender=Attribute("man", 0.8),
         snapshot_jpeg=None,
     )
+    store.add_event(
+        camera="gate, north",
+        time=datetime(2026, 1, 2, 3, 5, 0, tzinfo=UTC),
+        track_id=4,
+        mask=Attribute("incorrect", 0.87),
+        gender=None,
+        snapshot_jpeg=None,
+    )
     store.close()
     out = tmp_path / "events.csv"
     r = runner.invoke(events, ["export", "--csv", str(out)])
     assert r.exit_code == 0, r.output
+    assert "2 event(s) written" in r.output and "(incorrect 1, no_mask 1)" in r.output
     lines = out.read_text().splitlines()
     assert (
         lines[0].startswith("id,time,camera")
         and '"gate, north"' in lines[1]
         and "no_mask,0.91,man" in lines[1]
+        and ",4,incorrect,0.87," in lines[2]
     )
 
     r = runner.invoke(users, ["add", "admin", "--password-stdin"], input="long-password\n")
@@ -351,3 +361,51 @@ def test_compose_escapes_html(tmp_path):
     ev = Event(1, "<script>x</script>", datetime.now(UTC), 1, "no_mask", 0.9, "man", 0.9, None, "queued")
     draft = compose_alert(Settings(data_dir=Path(tmp_path)), ev)
     assert "<script>" not in draft.html and "&lt;script&gt;" in draft.html
+
+
+def test_incorrect_mask_alert_email_says_so(tmp_path, sink):
+    """A person with the mask under the nose, through the real rules, store, outbox and SMTP."""
+    from maskwatch.types import Face
+
+    settings = settings_for(tmp_path, sink.port)
+    store = Store.from_settings(settings)
+    engine = AlertEngine(settings, store)
+    frame = np.full((360, 640, 3), 90, np.uint8)
+    face = Face((100, 100, 180, 200), 0.9, track_id=1, mask=Attribute("incorrect", 0.9))
+    for i in range(20):
+        engine.observe("door", FrameResult("door", i, i / 10, (face,), frame_size=(640, 360)), frame)
+    assert engine.flush()
+    (ev,), _ = store.list_events()
+    assert ev.mask_label == "incorrect"
+    assert MailWorker(settings, store).send_pending_once() == 1
+    (msg,) = sink.messages
+    assert msg["Subject"].startswith("[maskwatch] Mask worn incorrectly: door at ")
+    text = msg.get_body(("plain",)).get_content()
+    html_body = msg.get_body(("html",)).get_content()
+    assert "wearing a mask incorrectly (nose or mouth uncovered)" in text and "no mask" not in text.lower()
+    assert "Mask: mask worn incorrectly, nose or mouth uncovered (confidence 90%)" in text
+    assert "wearing a mask incorrectly (nose or mouth uncovered)" in html_body
+    assert len(attachment_jpegs(msg)) == 1
+    engine.stop()
+    store.close()
+
+
+def test_digest_names_each_kind(tmp_path):
+    from datetime import UTC, datetime
+
+    from maskwatch.alerts.mail import compose_digest
+    from maskwatch.store import Event
+
+    def ev(i, label):
+        return Event(i, "door", datetime.now(UTC), i, label, 0.9, None, None, None, "digest")
+
+    s = Settings(data_dir=Path(tmp_path))
+    assert compose_digest(s, [ev(1, "no_mask"), ev(2, "no_mask")]).subject.startswith(
+        "[maskwatch] No mask: 2"
+    )
+    only = compose_digest(s, [ev(1, "incorrect")])
+    assert only.subject.startswith("[maskwatch] Mask worn incorrectly: 1 people")
+    both = compose_digest(s, [ev(1, "no_mask"), ev(2, "incorrect"), ev(3, "incorrect")])
+    assert both.subject.startswith("[maskwatch] No mask or mask worn incorrectly: 3 people")
+    assert "without a mask (1) or wearing one with nose or mouth uncovered (2)" in both.text
+    assert both.text.count("mask worn incorrectly, nose or mouth uncovered") == 2

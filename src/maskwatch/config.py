@@ -132,6 +132,7 @@ class AlertSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
 
     enabled: bool = True
+    incorrect_mask_alerts: bool = True  # a mask worn with nose or mouth uncovered alerts like no mask
     min_frames: int = Field(5, ge=1)
     min_seconds: float = Field(1.0, ge=0)
     min_confidence: float = Field(0.8, ge=0.5, le=1.0)

@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 import tempfile
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def export(csv_file: Path, camera, since, until, config_file: Path | None) -> No
         "mail_status",
     ]
     out = sys.stdout if str(csv_file) == "-" else open(csv_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
-    n = 0
+    n, labels = 0, Counter()
     try:
         writer = csv.DictWriter(out, fieldnames=fields)
         writer.writeheader()
@@ -199,12 +200,14 @@ def export(csv_file: Path, camera, since, until, config_file: Path | None) -> No
                 row["gender_label"] = row["gender_confidence"] = None
             writer.writerow({k: row[k] for k in fields})
             n += 1
+            labels[ev.mask_label] += 1
     finally:
         if out is not sys.stdout:
             out.close()
         store.close()
     if out is not sys.stdout:
-        click.echo(f"{n} event(s) written to {csv_file}", err=True)
+        by_label = ", ".join(f"{label} {count}" for label, count in sorted(labels.items()))
+        click.echo(f"{n} event(s) written to {csv_file}" + (f" ({by_label})" if by_label else ""), err=True)
 
 
 @events.command("purge")

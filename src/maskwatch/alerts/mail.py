@@ -66,12 +66,27 @@ def event_url(settings: Settings, event: Event) -> str:
     return f"{settings.alerts.base_url.rstrip('/')}/events/{event.id}"
 
 
+# what an alert label means, in emails: (subject words, "a person was seen ...", the Mask row)
+FINDINGS = {
+    "no_mask": ("No mask", "without a mask", "no mask"),
+    "incorrect": (
+        "Mask worn incorrectly",
+        "wearing a mask incorrectly (nose or mouth uncovered)",
+        "mask worn incorrectly, nose or mouth uncovered",
+    ),
+}
+
+
+def _finding(event: Event) -> tuple[str, str, str]:
+    return FINDINGS.get(event.mask_label, FINDINGS["no_mask"])
+
+
 def _event_lines(settings: Settings, event: Event) -> list[tuple[str, str]]:
     local = event.time.astimezone()
     rows = [
         ("Time", local.strftime("%Y-%m-%d %H:%M:%S %Z")),
         ("Camera", event.camera),
-        ("Mask", f"no mask (confidence {event.mask_confidence:.0%})"),
+        ("Mask", f"{_finding(event)[2]} (confidence {event.mask_confidence:.0%})"),
     ]
     if settings.privacy.gender_enabled and event.gender_label and event.gender_label != "uncertain":
         rows.append(("Apparent gender", f"{event.gender_label} (confidence {event.gender_confidence:.0%})"))
@@ -84,16 +99,17 @@ def _event_lines(settings: Settings, event: Event) -> list[tuple[str, str]]:
 def compose_alert(settings: Settings, event: Event) -> MailDraft:
     """The email for one alert event (plain text + HTML; the snapshot is attached at send time)."""
     local = event.time.astimezone()
-    subject = f"[maskwatch] No mask: {event.camera} at {local.strftime('%H:%M:%S')}"
+    title, seen, _ = _finding(event)
+    subject = f"[maskwatch] {title}: {event.camera} at {local.strftime('%H:%M:%S')}"
     rows = _event_lines(settings, event)
-    text = "A person was seen without a mask.\n\n" + "".join(f"{k}: {v}\n" for k, v in rows)
+    text = f"A person was seen {seen}.\n\n" + "".join(f"{k}: {v}\n" for k, v in rows)
     if event.snapshot:
         text += "\nThe snapshot is attached.\n"
     html_rows = "".join(
         f"<tr><th align='left'>{html.escape(k)}</th><td>{_cell(k, v)}</td></tr>" for k, v in rows
     )
     body = (
-        "<html><body><p>A person was seen <b>without a mask</b>.</p>"
+        f"<html><body><p>A person was seen <b>{html.escape(seen)}</b>.</p>"
         f"<table cellpadding='4'>{html_rows}</table>"
         + ("<p>The snapshot is attached.</p>" if event.snapshot else "")
         + "</body></html>"
@@ -106,9 +122,16 @@ def compose_alert(settings: Settings, event: Event) -> MailDraft:
 def compose_digest(settings: Settings, events: list[Event]) -> MailDraft:
     """One email listing several alert events (the first MAX_DIGEST_ATTACHMENTS snapshots attached)."""
     cams = sorted({e.camera for e in events})
-    subject = f"[maskwatch] No mask: {len(events)} people ({', '.join(cams)[:80]})"
-    text = f"{len(events)} people were seen without a mask.\n"
-    html_parts = [f"<html><body><p><b>{len(events)}</b> people were seen <b>without a mask</b>.</p><ol>"]
+    findings = {_finding(e) for e in events}
+    if len(findings) == 1:
+        title, seen, _ = findings.pop()
+    else:  # both kinds: say how many of each
+        n = sum(e.mask_label == "incorrect" for e in events)
+        title = "No mask or mask worn incorrectly"
+        seen = f"without a mask ({len(events) - n}) or wearing one with nose or mouth uncovered ({n})"
+    subject = f"[maskwatch] {title}: {len(events)} people ({', '.join(cams)[:80]})"
+    text = f"{len(events)} people were seen {seen}.\n"
+    html_parts = [f"<html><body><p><b>{len(events)}</b> people were seen <b>{html.escape(seen)}</b>.</p><ol>"]
     for e in events:
         rows = _event_lines(settings, e)
         text += "\n" + "".join(f"  {k}: {v}\n" for k, v in rows)

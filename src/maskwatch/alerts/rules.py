@@ -1,9 +1,12 @@
 """When a person becomes an alert. Pure logic on frame results: no I/O, no clock of its own.
 
-A tracked person becomes one alert when their (voted) mask label is `no_mask` with confidence
->= `min_confidence` for at least `min_frames` frames AND `min_seconds` seconds. A `mask` frame starts
-the count again; `uncertain` (or low-confidence) frames neither count nor reset, and never alert.
-Faces without a track id never alert (a person cannot be followed across frames without one).
+A tracked person becomes one alert when their (voted) mask label is `no_mask` or `incorrect` (a mask
+worn with nose or mouth uncovered) with confidence >= `min_confidence` for at least `min_frames` frames
+AND `min_seconds` seconds. Both labels count towards the same run, so a person flipping between them is
+one alert, not two; the alert carries the label seen most in the run (`no_mask` on a tie). A `mask` frame
+starts the count again; so does an `incorrect` one when `incorrect_mask_alerts` is off (a mask worn
+badly is then taken as worn). `uncertain` (or low-confidence) frames neither count nor reset, and never
+alert. Faces without a track id never alert (a person cannot be followed across frames without one).
 
 Cooldown: a person alerts at most once per `cooldown_s`: the same track alerts again only after the
 cooldown (if still unmasked), and a *new* track that starts within `reentry_radius` face widths of where
@@ -25,14 +28,16 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from maskwatch.config import AlertSettings
-from maskwatch.types import Face
+from maskwatch.types import Attribute, Face
 
 # A track not seen for this long is forgotten (its alert, if any, is kept for re-entry matching).
 TRACK_TIMEOUT_S = 5.0
 EPS = 1e-6  # frame times are floats: 6.3 - 5.3 < 1.0
+ALERT_LABELS = ("no_mask", "incorrect")  # the mask labels that count towards an alert, in tie order
 
 
 @dataclass
@@ -40,8 +45,10 @@ class _Track:
     first_seen: float
     last_seen: float
     box: tuple[float, float, float, float]
-    run_start: float | None = None  # time of the first no_mask frame of the current run
+    run_start: float | None = None  # time of the first no_mask / incorrect frame of the current run
     run_frames: int = 0
+    run_labels: Counter = field(default_factory=Counter)  # frames per label in the current run
+    run_conf: dict[str, float] = field(default_factory=dict)  # latest confidence per label in the run
     last_alert: float | None = None  # when this person (track or the one it continues) last alerted
 
 
@@ -97,21 +104,33 @@ class AlertRules:
                 tr = cam.tracks[face.track_id] = _Track(first_seen=t, last_seen=t, box=face.box)
                 tr.last_alert = last_alert
             tr.last_seen, tr.box = t, face.box
-            if face.mask.label == "mask":
+            label = face.mask.label
+            if label == "mask" or (label == "incorrect" and not s.incorrect_mask_alerts):
                 tr.run_start, tr.run_frames = None, 0
+                tr.run_labels.clear()
                 continue
-            if face.mask.label != "no_mask" or face.mask.confidence < s.min_confidence:
+            if label not in ALERT_LABELS or face.mask.confidence < s.min_confidence:
                 continue  # uncertain: neither counts nor resets
             if tr.run_start is None:
                 tr.run_start = t
             tr.run_frames += 1
+            tr.run_labels[label] += 1
+            tr.run_conf[label] = face.mask.confidence
             qualified = tr.run_frames >= s.min_frames and t - tr.run_start >= s.min_seconds - EPS
             cooled = tr.last_alert is None or t - tr.last_alert >= s.cooldown_s - EPS
             if qualified and cooled:
                 tr.last_alert = t
-                alerts.append(face)
+                alerts.append(self._alert_face(tr, face))
         self._expire(cam, t, seen)
         return alerts
+
+    @staticmethod
+    def _alert_face(tr: _Track, face: Face) -> Face:
+        """`face` labelled with its run's most seen alert label (`no_mask` wins a tie)."""
+        label = max(ALERT_LABELS, key=lambda lab: tr.run_labels[lab])  # ALERT_LABELS starts with no_mask
+        if label == face.mask.label:
+            return face
+        return face.with_(mask=Attribute(label, tr.run_conf[label]))
 
     def _reentry(self, cam: _Camera, box, t: float, seen: set[int]) -> float | None:
         """The last alert time of an alerted person who left near `box` within the cooldown, if any

@@ -49,7 +49,8 @@ def make_snapshot(
     x1, y1, x2, y2 = (round(v * scale) for v in face.box)
     thick = max(2, round(max(img.shape[:2]) / 400))
     cv2.rectangle(img, (x1, y1), (x2, y2), RED, thick)
-    text = label or f"no mask {face.mask.confidence:.0%}"
+    words = "mask worn incorrectly" if face.mask.label == "incorrect" else "no mask"
+    text = label or f"{words} {face.mask.confidence:.0%}"
     size = max(0.5, max(img.shape[:2]) / 1200)
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, size, 1)
     ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4

@@ -41,6 +41,13 @@ FIELDS: list[tuple[str, str, str, str, str]] = [
     ),
     ("models", "reclassify_every", "int", "Re-classify a track every N frames", ""),
     ("alerts", "enabled", "bool", "Alerts on", ""),
+    (
+        "alerts",
+        "incorrect_mask_alerts",
+        "bool",
+        "Alert on masks worn incorrectly",
+        "nose or mouth uncovered; off: only faces without a mask alert",
+    ),
     ("alerts", "min_frames", "int", "No mask for at least N frames", ""),
     ("alerts", "min_seconds", "float", "… and at least T seconds", ""),
     ("alerts", "min_confidence", "float", "… with confidence at least", "0.5-1.0"),
