@@ -18,7 +18,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from maskwatch.alerts import AlertEngine, MailWorker
 from maskwatch.store import MailDraft, Store
-from maskwatch.types import Attribute
+from maskwatch.types import MASK_LABELS, Attribute, Face, FrameResult
 from maskwatch.web import create_app
 from maskwatch.web.auth import LoginLimiter, safe_next
 from maskwatch.web.cameras import redact_source
@@ -199,7 +199,7 @@ def test_api_with_bearer_token(authed, tiles):
     assert len(body["faces"]) == 2
     for face in body["faces"]:
         assert set(face) >= {"box", "score", "landmarks", "track_id", "mask", "gender"}
-        assert face["mask"]["label"] in ("mask", "no_mask", "uncertain")
+        assert face["mask"]["label"] in MASK_LABELS
         assert 0 <= face["mask"]["confidence"] <= 1
         x1, y1, x2, y2 = face["box"]
         assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
@@ -285,6 +285,22 @@ def test_events_pages_csv_and_api(authed):
     assert "snapshot" not in api["events"][0]
 
 
+def test_incorrect_mask_events_in_pages_csv_and_api(authed):
+    client, rt = authed
+    ev = _add_event(rt.store, "door", label="incorrect")
+    _add_event(rt.store, "door", minutes_ago=5)
+    page = client.get("/events?label=incorrect")
+    assert "1 event" in page.text and '<td class="label-incorrect">incorrect</td>' in page.text
+    assert '<option value="incorrect" selected>' in page.text
+    assert 'class="label-incorrect">incorrect (0.93)' in client.get(f"/events/{ev.id}").text
+    lines = client.get("/events.csv").text.strip().splitlines()
+    assert len(lines) == 3 and f"{ev.id}," in lines[1] and ",door,3,incorrect,0.93," in lines[1]
+    only = client.get("/events.csv?label=incorrect").text.strip().splitlines()
+    assert len(only) == 2 and ",incorrect," in only[1]
+    api = client.get("/api/events?label=incorrect").json()
+    assert api["total"] == 1 and api["events"][0]["mask_label"] == "incorrect"
+
+
 def test_stats_page_and_api(authed, tiles):
     client, rt = authed
     result = rt.session("door").process(scene(tiles), 0, time.time())[0]
@@ -293,6 +309,24 @@ def test_stats_page_and_api(authed, tiles):
     assert page.status_code == 200 and page.text.count("<svg") >= 3 and "apparent gender" in page.text
     data = client.get("/api/stats?bucket=minute").json()
     assert data["totals"]["people"] == 2 and "man" in data["totals"]
+
+
+def test_stats_page_shows_masks_worn_incorrectly(authed):
+    client, rt = authed
+    faces = [
+        Face((0, 0, 50, 50), 0.9, track_id=1, mask=Attribute("mask", 0.9)),
+        Face((60, 0, 110, 50), 0.9, track_id=2, mask=Attribute("incorrect", 0.9)),
+        Face((120, 0, 170, 50), 0.9, track_id=3, mask=Attribute("incorrect", 0.9)),
+        Face((180, 0, 230, 50), 0.9, track_id=4, mask=Attribute("no_mask", 0.9)),
+    ]
+    rt.store.record_frame("door", FrameResult("door", 0, 0.0, faces))
+    page = client.get("/stats?range=1h").text
+    assert '<div class="incorrect"><dt>Worn incorrectly</dt><dd>2</dd></div>' in page
+    assert "<td>door</td><td>4</td><td>1</td><td>1</td><td>2</td><td>0</td>" in page  # per camera
+    assert "25%" in page  # compliance: 1 of 4, masks worn incorrectly do not comply
+    assert 'class="bar incorrect"' in page and '<span class="key incorrect"></span>' in page
+    totals = client.get("/api/stats").json()["totals"]
+    assert (totals["incorrect"], totals["compliance"]) == (2, 0.25)
 
 
 def test_outbox_pages(authed):
@@ -376,6 +410,8 @@ def test_settings_save_validate_and_gender_off(authed):
     assert s.smtp.recipients == ["a@example.org", "b@example.org"] and s.smtp.security == "ssl"
     assert [c.name for c in s.cameras] == ["door"] and not s.privacy.gender_enabled  # checkbox left off
     assert "Thorough search on photos" in page.text and not s.detector.thorough_stills  # left off too
+    assert 'name="alerts.incorrect_mask_alerts" checked' in page.text  # on by default
+    assert not s.alerts.incorrect_mask_alerts and rt.alerts.rules.settings.incorrect_mask_alerts is False
     assert rt.store.get_setting_overrides()["detector"]["score_threshold"] == "0.7"
     cams = client.get("/api/cameras").json()
     assert cams["gender"] is False and cams["cameras"][0]["source"] == "rtsp://***@cam/1"
@@ -412,10 +448,17 @@ def test_webcam_websocket(authed, tiles):
             msg = ws.receive_json()
             assert msg["type"] == "result" and msg["seq"] == i + 1
             assert len(msg["result"]["faces"]) == 2 and msg["counts"]["people"] == 2
+            assert msg["counts"]["incorrect"] == 0  # a two-label model never answers incorrect
         assert msg["result"]["faces"][0]["track_id"] is not None
         ws.send_bytes(b"garbage")
         assert ws.receive_json()["type"] == "error"
     assert rt.alerts.health["frames"] >= 3  # the webcam goes through the alert engine
+
+
+def test_live_page_legend_and_counters_show_incorrect_masks(authed):
+    page = authed[0].get("/").text
+    assert '<span class="key incorrect"></span> incorrect mask (nose or mouth uncovered)' in page
+    assert 'data-counter="incorrect"' in page
 
 
 def test_webcam_websocket_refuses_anonymous_and_cross_site(web):

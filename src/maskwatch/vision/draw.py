@@ -19,9 +19,16 @@ import numpy as np
 from maskwatch.types import Face, FrameResult
 from maskwatch.vision.geometry import cut, expand_box
 
-# BGR
-COLORS = {"mask": (60, 180, 60), "no_mask": (40, 40, 220), "uncertain": (0, 190, 255)}
+# One colour per mask label, the same as the web app's (static/app.css: --ok, --bad, --incorrect, --unsure)
+HEX_COLORS = {"mask": "#1f9d55", "no_mask": "#d93025", "incorrect": "#dd6b20", "uncertain": "#718096"}
+COLORS = {k: (int(v[5:7], 16), int(v[3:5], 16), int(v[1:3], 16)) for k, v in HEX_COLORS.items()}  # BGR
 TEXT_COLOR = (255, 255, 255)
+MASK_TEXT = {
+    "mask": "mask",
+    "no_mask": "no mask",
+    "incorrect": "incorrect mask",
+    "uncertain": "uncertain",
+}
 
 
 def face_color(face: Face) -> tuple[int, int, int]:
@@ -31,7 +38,7 @@ def face_color(face: Face) -> tuple[int, int, int]:
 def face_label(face: Face, *, gender: bool = True) -> list[str]:
     """Label lines, e.g. `['#3 no mask 93%', 'woman 88%']`."""
     head = f"#{face.track_id} " if face.track_id is not None else ""
-    lines = [f"{head}{face.mask.label.replace('_', ' ')} {face.mask.confidence:.0%}"]
+    lines = [f"{head}{MASK_TEXT.get(face.mask.label, face.mask.label)} {face.mask.confidence:.0%}"]
     if gender:
         lines.append(f"{face.gender.label} {face.gender.confidence:.0%}")
     return lines

@@ -92,6 +92,7 @@ def counts(result: FrameResult, *, gender: bool) -> dict[str, int]:
         "people": len(result.faces),
         "masked": c["mask"],
         "unmasked": c["no_mask"],
+        "incorrect": c["incorrect"],
         "uncertain": c["uncertain"],
     }
     if gender:

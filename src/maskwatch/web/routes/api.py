@@ -65,7 +65,7 @@ def events(
     camera: str | None = None,
     since: datetime | None = Query(None, description="ISO 8601; naive times are UTC"),
     until: datetime | None = None,
-    label: Literal["mask", "no_mask", "uncertain"] | None = None,
+    label: Literal["mask", "no_mask", "incorrect", "uncertain"] | None = None,
     offset: int = Query(0, ge=0),
     limit: int = Query(50, ge=1, le=500),
 ) -> dict[str, Any]:

@@ -344,7 +344,7 @@ def _stats_charts(data: dict, start: datetime, end: datetime, bucket: str, gende
         ),
         "people_chart": bar_chart(
             [
-                (lab, [(k, b.get(k, 0)) for k in ("masked", "unmasked", "uncertain")])
+                (lab, [(k, b.get(k, 0)) for k in ("masked", "unmasked", "incorrect", "uncertain")])
                 for lab, b in zip(labels, rows, strict=True)
             ],
             title="People by mask label",

@@ -4,7 +4,12 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const genderOn = document.body.dataset.gender === "1";
-  const COLORS = { mask: "#1f9d55", no_mask: "#d93025", uncertain: "#d69e2e" };
+  // label colours and words: the CSS variables of app.css (the same as the server's drawings, draw.py)
+  const css = getComputedStyle(document.documentElement);
+  const COLORS = Object.fromEntries(Object.entries(
+    { mask: "--ok", no_mask: "--bad", incorrect: "--incorrect", uncertain: "--unsure" },
+  ).map(([label, name]) => [label, css.getPropertyValue(name).trim()]));
+  const MASK_TEXT = { mask: "mask", no_mask: "no mask", incorrect: "incorrect mask", uncertain: "uncertain" };
   const MAX_SIDE = 640; // frames are sent at most 640 px wide (640x480 for a VGA webcam)
 
   // ---------------------------------------------------------------- webcam
@@ -154,7 +159,7 @@
 
   function faceLabel(f) {
     let s = f.track_id != null ? `#${f.track_id} ` : "";
-    s += `${f.mask.label.replace("_", " ")} ${Math.round(f.mask.confidence * 100)}%`;
+    s += `${MASK_TEXT[f.mask.label] || f.mask.label} ${Math.round(f.mask.confidence * 100)}%`;
     if (genderOn && f.gender) s += ` · ${f.gender.label} ${Math.round(f.gender.confidence * 100)}%`;
     return s;
   }
@@ -190,7 +195,8 @@
     if (hint) hint.remove();
     const li = document.createElement("li");
     li.className = "webcam-event";
-    const text = `${new Date().toLocaleTimeString()}: no mask (track #${e.track_id ?? "?"}, ${Math.round(e.mask_confidence * 100)}%)`;
+    const what = e.mask_label === "incorrect" ? "mask worn incorrectly" : "no mask";
+    const text = `${new Date().toLocaleTimeString()}: ${what} (track #${e.track_id ?? "?"}, ${Math.round(e.mask_confidence * 100)}%)`;
     const a = document.createElement("a");
     // the event is stored a moment after it is reported, so its id may not be known yet
     a.href = e.id != null ? `/events/${e.id}` : `/events?camera=${encodeURIComponent(e.camera)}`;
