@@ -233,8 +233,10 @@ def detect(
             writer.release()
         if json_out is not None and json_out is not sys.stdout:
             json_out.close()
+    from maskwatch.types import MASK_LABELS
+
     faces = sum(counts.values())
-    summary = ", ".join(f"{k} {counts[k]}" for k in ("mask", "no_mask", "uncertain") if counts[k])
+    summary = ", ".join(f"{k} {counts[k]}" for k in MASK_LABELS if counts[k])
     click.echo(
         f"{n} frame(s), {faces} face(s){': ' + summary if summary else ''}"
         + (f"; annotated output: {out}" if out else ""),
