@@ -23,20 +23,29 @@ def _write_set(root, classes, n, size=48, seed=0):
     return root
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def _recipe(task, data, out, **kw):
+    """A tiny train recipe: size 32, one epoch, no ImageNet weights."""
+    from maskwatch.train.recipe import TrainRecipe
+
+    tiny = dict(size=32, epochs=1, batch_size=8, pretrained=False, workers=2)
+    return TrainRecipe(task=task, data=[str(d) for d in data], out=str(out), **(tiny | kw))
+
+
+def _train(task, data, out, **kw):
     from maskwatch.train.cli import run_training
 
+    return run_training(_recipe(task, data, out, **kw), progress=False, command="pytest")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
     torch.set_num_threads(2)
     tmp = tmp_path_factory.mktemp("train")
-    mask = _write_set(tmp / "mask", ["with_mask", "without_mask"], 12)
+    mask = _write_set(tmp / "mask", ["with_mask", "without_mask", "mask_weared_incorrect"], 12)
     gender = _write_set(tmp / "gender", ["male", "female"], 12, seed=1)
     (gender / "male" / "corrupt.jpg").write_bytes(b"broken")
     out = tmp / "out"
-    card = run_training(
-        "attributes", [str(mask), str(gender)], [], "mnv2-attr", out, size=32, epochs=1, batch_size=8,
-        pretrained=False, workers=2, progress=False, synthetic_mask=0.5, occlusion=0.5, command="pytest",
-    )  # fmt: skip
+    card = _train("attributes", [mask, gender], out, synthetic_mask=0.5, occlusion=0.5, incorrect_mask=0.2)
     return out, card, mask, gender
 
 
@@ -50,8 +59,9 @@ def test_outputs_and_card(trained):
     assert json.loads((out / "attributes.json").read_text()) == card
     assert card["input"]["size"] == [32, 32] and card["crop"]["rule"] == "box"
     assert card["crop"]["masked_faces"] == MASKED_FACE_BOX  # two heads: gender reframes masked faces
-    assert card["outputs"]["mask"]["labels"] == ["mask", "no_mask"]
+    assert card["outputs"]["mask"]["labels"] == ["mask", "no_mask", "incorrect"]  # the default: three
     assert card["outputs"]["gender"]["labels"] == ["man", "woman"]
+    assert np.array(card["metrics"]["validation"]["mask"]["confusion"]).shape == (3, 3)
     for h in ("mask", "gender"):
         assert 0.5 <= card["outputs"][h]["uncertain_threshold"] <= 0.95
         assert "accuracy" in card["metrics"]["validation"][h]
@@ -76,6 +86,7 @@ def test_onnx_matches_torch(trained):
         ref = model(torch.from_numpy(x))
     sess = ort.InferenceSession(str(out / "attributes.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(["mask", "gender"], {"input": x})
+    assert got[0].shape == (3, 3)  # three mask labels: three logits
     np.testing.assert_allclose(got[0], ref["mask"].numpy(), atol=1e-4, rtol=1e-3)
     np.testing.assert_allclose(got[1], ref["gender"].numpy(), atol=1e-4, rtol=1e-3)
 
@@ -95,10 +106,8 @@ def test_resume_continues(trained, tmp_path):
 
     out, _, mask, _ = trained
     run = tmp_path / "run"
-    run_training("mask", [str(mask)], [], "mnv2-attr", run, size=32, epochs=1, batch_size=8, pretrained=False,
-                 workers=2, progress=False, export_onnx=False)  # fmt: skip
-    run_training("mask", [str(mask)], [], "mnv2-attr", run, size=32, epochs=2, batch_size=8, pretrained=False,
-                 workers=2, progress=False, resume=True, export_onnx=False)  # fmt: skip
+    run_training(_recipe("mask", [mask], run), progress=False, export_onnx=False)
+    run_training(_recipe("mask", [mask], run, epochs=2), progress=False, resume=True, export_onnx=False)
     hist = json.loads((run / "history.json").read_text())
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
     assert "masked_faces" not in json.loads((run / "mask.json").read_text())["crop"]  # one head: no reframe
@@ -108,13 +117,11 @@ def test_resume_continues(trained, tmp_path):
 def test_keep_last_exports_the_last_epoch(trained, tmp_path):
     import onnxruntime as ort
 
-    from maskwatch.train.cli import run_training
     from maskwatch.train.nets import build
 
     _, _, mask, _ = trained
     run = tmp_path / "last"
-    run_training("mask", [str(mask)], [], "mnv2-attr", run, size=32, epochs=3, batch_size=8, pretrained=False,
-                 workers=2, progress=False, keep="last", lr=3e-3)  # fmt: skip
+    _train("mask", [mask], run, epochs=3, keep="last", lr=3e-3)
     hist = json.loads((run / "history.json").read_text())
     assert hist["kept"] == "last" and len(hist["epochs"]) == 3
     model = build("mnv2-attr", ("mask",), pretrained=False)
@@ -132,13 +139,10 @@ def test_keep_last_exports_the_last_epoch(trained, tmp_path):
 def test_train_only_one_head_keeps_features_and_the_other_head_exactly(trained, tmp_path):
     import onnxruntime as ort
 
-    from maskwatch.train.cli import run_training
-
     out, _, mask, gender = trained
     run = tmp_path / "gender_only"
-    run_training("attributes", [str(mask), str(gender)], [], "mnv2-attr", run, size=32, epochs=2,
-                 batch_size=8, pretrained=False, workers=2, progress=False, init=out / "best.pt",
-                 train_only="gender", keep="last", lr=1e-2)  # fmt: skip
+    _train("attributes", [mask, gender], run, epochs=2, init=str(out / "best.pt"), train_only="gender",
+           keep="last", lr=1e-2)  # fmt: skip
     x = np.random.default_rng(2).normal(size=(4, 3, 32, 32)).astype(np.float32)
 
     def run_onnx(d):
@@ -175,8 +179,8 @@ def test_oversampling_a_folder_or_a_class_folder_keeps_class_balance(tmp_path):
     )
     small = load_folder(small_root, 32)
 
-    def weights(oversample):
-        split = make_split([big, small], ("mask",), False, oversample)
+    def weights(oversample):  # two mask labels: incorrect folds into no_mask
+        split = make_split([big, small], {"mask": ("mask", "no_mask")}, False, oversample)
         return split, sample_weights(split)
 
     split, plain = weights(None)
@@ -198,35 +202,38 @@ def test_oversampling_a_folder_or_a_class_folder_keeps_class_balance(tmp_path):
 
 def test_drawn_masks_worn_properly_or_wrongly_on_unmasked_faces():
     from maskwatch.train.data import DEFAULT_LANDMARKS
-    from maskwatch.train.loop import TrainConfig, cpu_augment
+    from maskwatch.train.loop import TrainConfig, cpu_augment, label_index
 
     n = 400
     batch = np.full((n, 64, 64, 3), (30, 160, 30), np.uint8)
     lms = np.repeat(DEFAULT_LANDMARKS[None], n, 0)
-    cfg = TrainConfig(arch="mnv2-attr", heads=("mask",), incorrect_mask_p=0.2, occlusion_p=0.0, jpeg_p=0.0)
+    cfg = TrainConfig(arch="mnv2-attr", incorrect_mask_p=0.2, occlusion_p=0.0, jpeg_p=0.0)
     unmasked = np.arange(n) < n // 2
-    out, proper = cpu_augment(batch, lms, np.zeros(n, bool), cfg, np.random.default_rng(0), unmasked)
+    out, drawn = cpu_augment(batch, lms, np.zeros(n, bool), cfg, np.random.default_rng(0), unmasked)
     changed = (np.abs(out.astype(int) - batch).sum(3) > 10).any((1, 2))
-    assert not changed[~unmasked].any() and not proper[~unmasked].any()  # masked rows: untouched
-    wrong = changed & ~proper
-    # about 20 % each: properly worn (these become `mask`) and wrongly worn (stay `no_mask`)
+    assert not changed[~unmasked].any() and not (drawn[~unmasked] != "").any()  # masked rows: untouched
+    proper, wrong = drawn == "mask", drawn == "incorrect"
+    # about 20 % each: properly worn (these become `mask`) and wrongly worn (`incorrect`)
     assert 0.1 < proper[unmasked].mean() < 0.3 and 0.1 < wrong[unmasked].mean() < 0.3
-    assert changed[proper].all()
+    assert changed[proper | wrong].all() and not changed[drawn == ""].any()
+    # a wrongly worn drawn mask is `incorrect` for a three-label head, `no_mask` for a two-label one
+    assert label_index(("mask", "no_mask", "incorrect"), "incorrect") == 2
+    assert label_index(("mask", "no_mask"), "incorrect") == 1
 
 
 def test_oversample_option_names_data_or_class_folders(tmp_path):
     from click.testing import CliRunner
 
-    from maskwatch.train.cli import _oversample_factors, train
+    from maskwatch.train.cli import train
 
     d = _write_set(tmp_path / "g", ["man", "woman"], 2)
     base = ["gender", "--data", str(d), "--arch", "mnv2-attr", "--out", str(tmp_path / "o")]
     res = CliRunner().invoke(train, [*base, "--oversample", str(tmp_path / "other") + "=3"])
-    assert res.exit_code != 0 and "not --data" in res.output
+    assert res.exit_code != 0 and "oversample must name data folders" in res.output
     res = CliRunner().invoke(train, [*base, "--oversample", str(d) + "=x"])
     assert res.exit_code != 0 and "DIR=FACTOR" in res.output
     factors = {str(d): 2.0, str(d / "woman"): 3.0}  # a class folder inside a --data folder is fine
-    assert _oversample_factors([str(d)], factors) == factors
+    assert _recipe("gender", [d], tmp_path / "o", oversample=factors).oversample == factors
 
 
 def test_train_command(tmp_path):
@@ -253,6 +260,11 @@ def test_train_command(tmp_path):
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "o" / "gender.json").read_text())
     assert list(card["outputs"]) == ["gender"] and (tmp_path / "o" / "gender.onnx").is_file()
+    # without a recipe: the defaults of recipe.TrainRecipe, recorded whole
+    recipe = card["training"]["recipe"]
+    assert card["training"]["recipe_file"] is None and recipe["kind"] == "train"
+    assert recipe["low_res"] == 0.35 and recipe["synthetic_mask"] == 0.4 and recipe["lr"] == 1e-3
+    assert recipe["epochs"] == 1 and recipe["quantize"] is True and recipe["patience"] == 5
     assert (
         card["quantization"]["float_model"] == "gender-fp32.onnx"
         and (tmp_path / "o" / "gender-fp32.onnx").is_file()

@@ -25,7 +25,7 @@ def test_seed_gender_cnn_exact():
 
 
 def test_seed_mask_cnn_exact():
-    m = nets.build("seed-mask-cnn", ("mask",), pretrained=False)
+    m = nets.build("seed-mask-cnn", ("mask",), pretrained=False, widths={"mask": 2})  # the report's two
     assert nets.count_params(m) == 5_140_674
     assert m.classifier[2].in_features == 36864
     m.eval()
@@ -33,7 +33,7 @@ def test_seed_mask_cnn_exact():
 
 
 def test_seed_mobilenetv2_frozen_base():
-    m = nets.build("seed-mobilenetv2", ("mask",), pretrained=False)
+    m = nets.build("seed-mobilenetv2", ("mask",), pretrained=False, widths={"mask": 2})
     assert nets.count_params(m) == 164_226  # Dense128 + Dense2 on 1280 pooled features
     assert nets.count_params(m, trainable_only=False) == 164_226 + 2_223_872
     m.train()
@@ -43,10 +43,20 @@ def test_seed_mobilenetv2_frozen_base():
 
 
 def test_production_net_two_heads():
-    m = nets.build("mnv2-attr", ("mask", "gender"), pretrained=False).eval()
+    m = nets.build("mnv2-attr", ("mask", "gender"), pretrained=False, widths={"mask": 2}).eval()
     out = m(torch.zeros(2, 3, 64, 64))
     assert set(out) == {"mask", "gender"} and out["mask"].shape == (2, 2)
     assert nets.count_params(m) == 2_223_872 + 2 * (1280 * 2 + 2)
+
+
+def test_head_widths_follow_the_labels():
+    from maskwatch.train.data import TASK_LABELS
+
+    m = nets.build("mnv2-attr", ("mask", "gender"), pretrained=False).eval()  # default: one per label
+    out = m(torch.zeros(1, 3, 32, 32))
+    assert out["mask"].shape == (1, len(TASK_LABELS["mask"])) == (1, 3) and out["gender"].shape == (1, 2)
+    seed = nets.build("seed-mask-cnn", ("mask",), pretrained=False).eval()
+    assert seed.classifier[-1].out_features == 3
 
 
 def test_torchvision_names_load_imagenet_weights():

@@ -6,6 +6,7 @@ Also runnable without the rest of the app (e.g. on a training machine):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import click
 import numpy as np
+
+from maskwatch.train.recipe import ARCHS, TASKS, TrainRecipe, shipped
 
 log = logging.getLogger(__name__)
 
@@ -58,66 +61,31 @@ def _parse_oversample(specs: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def _oversample_factors(data_dirs: list[str], oversample: dict[str, float] | None) -> dict[str, float] | None:
-    """Checked --oversample folders: each a --data folder or a class folder directly inside one."""
-    if not oversample:
-        return None
-    roots = {Path(d).resolve() for d in data_dirs}
-    unknown = [
-        d
-        for d in oversample
-        if Path(d).resolve() not in roots and not (Path(d).is_dir() and Path(d).resolve().parent in roots)
+def _check_paths(r) -> None:
+    """The folders and files a train recipe names exist (checked when it runs: a stage may name what the
+    stage before it writes)."""
+    paths = (
+        [("data", d) for d in r.data]
+        + [("val", d) for d in r.val]
+        + [("oversample", d) for d in r.oversample]
+    )
+    missing = [
+        f"{key} {p}" for key, p in paths + ([("init", r.init)] if r.init else []) if not Path(p).exists()
     ]
-    if unknown:
-        raise click.UsageError(
-            "--oversample names folders that are not --data folders or class folders inside one: "
-            + ", ".join(sorted(unknown))
-        )
-    return dict(oversample)
-
-
-def _heads_for(task: str) -> tuple[str, ...]:
-    return ("mask", "gender") if task == "attributes" else (task,)
+    if missing:
+        raise click.UsageError("no such file or folder: " + ", ".join(missing))
 
 
 def run_training(
-    task: str,
-    data_dirs: list[str],
-    val_dirs: list[str],
-    arch: str,
-    out: str | Path,
+    r,
     *,
-    size: int | None = None,
-    epochs: int = 20,
-    batch_size: int = 128,
-    lr: float | None = None,
-    patience: int = 5,
-    synthetic_mask: float | None = None,
-    device: str = "auto",
     resume: bool = False,
-    limit_per_class: int | None = None,
-    max_steps: int | None = None,
-    oversample: dict[str, float] | None = None,
-    keep: str = "best",
-    seed: int = 0,
-    name: str | None = None,
-    onnx_name: str | None = None,
-    workers: int = 8,
     progress: bool = True,
-    command: str | None = None,
-    pretrained: bool = True,
     export_onnx: bool = True,
-    time_budget_s: float | None = None,
-    occlusion: float | None = None,
-    incorrect_mask: float = 0.0,
-    init: str | Path | None = None,
-    low_res: float | None = None,
-    mask_from_gender: bool = True,
-    train_only: str | None = None,
-    quantize: bool = False,
-    quantize_samples: int = 400,
+    command: str | None = None,
 ) -> dict:
-    """Train, export ONNX + model card + plots into `out`. Returns the card."""
+    """Train the stage of recipe `r` (a `recipe.TrainRecipe`), export ONNX + model card + plots into
+    `r.out`. Returns the card. (`recipe.run` also records the recipe in the card.)"""
     import torch
 
     from maskwatch.train import data as D
@@ -127,48 +95,21 @@ def run_training(
     from maskwatch.train.nets import DEFAULT_SIZE, build, count_params, normalization
     from maskwatch.train.synth import MASKED_FACE_BOX
 
-    out = Path(out)
+    _check_paths(r)
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    out = Path(r.out)
     out.mkdir(parents=True, exist_ok=True)
-    heads = _heads_for(task)
-    size = size or DEFAULT_SIZE[arch]
+    task, arch, heads, labels, seed, workers = r.task, r.arch, r.heads, r.labels, r.seed, r.workers
+    size = r.size or DEFAULT_SIZE[arch]
     load_size = size if size <= 128 else 112
-    if synthetic_mask is None:
-        synthetic_mask = 0.4 if "gender" in heads and arch == "mnv2-attr" else 0.0
-    default_lr = {
-        "seed-gender-cnn": 1e-3,
-        "seed-mask-cnn": 1e-3,
-        "seed-mobilenetv2": 1e-3,
-        "mnv2-attr": 1e-3,
-    }[arch]
-    cfg = TrainConfig(
-        arch=arch,
-        heads=heads,
-        size=size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr or default_lr,
-        patience=patience,
-        seed=seed,
-        device=device,
-        synthetic_mask=synthetic_mask,
-        max_steps_per_epoch=max_steps,
-        oversample=_oversample_factors(data_dirs, oversample),
-        keep=keep,
-        num_workers=workers,
-        pretrained=pretrained,
-        time_budget_s=time_budget_s,
-        occlusion_p=occlusion or 0.0,
-        incorrect_mask_p=incorrect_mask,
-        low_res_p=0.35 if low_res is None else low_res,
-        gender_faces_unmasked=mask_from_gender,
-        train_only=train_only,
-    )
+    cfg = TrainConfig.from_recipe(r, size)
     # load data; split each task's data 80/20 unless a validation folder of that task is given
     train_sets, val_sets, data_card = [], [], []
-    vals = [D.load_folder(v, load_size, workers=workers) for v in val_dirs]
+    vals = [D.load_folder(v, load_size, workers=workers) for v in r.val]
     val_tasks = {v.task for v in vals}
-    for d in data_dirs:
-        s = D.load_folder(d, load_size, limit_per_class=limit_per_class, seed=seed, workers=workers)
+    for d in r.data:
+        s = D.load_folder(d, load_size, limit_per_class=r.limit_per_class, seed=seed, workers=workers)
         if s.task not in heads and not (s.task == "gender" and "mask" in heads and task == "attributes"):
             raise click.UsageError(f"{d} holds {s.task} classes; task {task} takes {heads}")
         if s.task in val_tasks:
@@ -203,8 +144,8 @@ def run_training(
                 **_source_info(v.root),
             }
         )
-    tr_split = make_split(train_sets, heads, cfg.gender_faces_unmasked, cfg.oversample)
-    va_split = make_split(val_sets, heads, cfg.gender_faces_unmasked)
+    tr_split = make_split(train_sets, labels, cfg.gender_faces_unmasked, cfg.oversample)
+    va_split = make_split(val_sets, labels, cfg.gender_faces_unmasked)
     log.warning(
         "train %d samples, val %d samples, heads %s, arch %s, size %d",
         len(tr_split),
@@ -214,20 +155,18 @@ def run_training(
         size,
     )
 
-    model = build(arch, heads, pretrained=pretrained)
-    if init:  # fine-tune from earlier weights (a state dict, e.g. OUT/best.pt of another run)
-        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
-    if train_only:
-        if not hasattr(model, "train_only"):
-            raise click.UsageError(f"--train-only needs the two-head mnv2-attr net, not {arch}")
-        model.train_only(train_only)
+    model = build(arch, heads, pretrained=r.pretrained, widths={h: len(v) for h, v in labels.items()})
+    if r.init:  # fine-tune from earlier weights (a state dict, e.g. OUT/best.pt of another run)
+        model.load_state_dict(torch.load(r.init, map_location="cpu", weights_only=True))
+    if r.train_only:
+        model.train_only(r.train_only)
     history = train(model, tr_split, va_split, cfg, out, resume=resume, progress=progress)
     history["parameters"] = {"trainable": count_params(model), "total": count_params(model, False)}
     (out / "history.json").write_text(json.dumps(history, indent=1))
     report.plot_history(history, out / "curves.png")
 
     # calibration, confusion matrices and fairness on validation (the best epoch's weights)
-    device = resolve_device(device)
+    device = resolve_device(r.device)
     mean, std = normalization(arch)
     mt = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     st = torch.tensor(std, device=device).view(1, 3, 1, 1)
@@ -242,9 +181,10 @@ def run_training(
         p, yk = probs[h][sel], y[sel]
         cal = export.calibrate_threshold(p, yk, THRESHOLD_TARGETS[h])
         thresholds[h] = cal["threshold"]
-        labels = list(D.TASK_LABELS[h])
-        cm = report.confusion(yk, p.argmax(1), 2)
-        report.plot_confusion(cm, labels, out / f"confusion_{h}.png", f"{h} (validation, n={len(yk)})")
+        cm = report.confusion(yk, p.argmax(1), len(labels[h]))
+        report.plot_confusion(
+            cm, list(labels[h]), out / f"confusion_{h}.png", f"{h} (validation, n={len(yk)})"
+        )
         metrics["validation"][h] = {
             "n": int(len(yk)),
             "accuracy": float((p.argmax(1) == yk).mean()),
@@ -260,15 +200,15 @@ def run_training(
             fr = fairness_report([files[i] for i in np.flatnonzero(sel)], yk, p)
             if fr:
                 fairness = {"gender": {"set": "UTKFace validation split", **fr}}
-    onnx_name = onnx_name or ("attributes.onnx" if task == "attributes" else f"{task}.onnx")
+    onnx_name = f"{task}.onnx"
     model.cpu().eval()
     if export_onnx:
         export.export_onnx(model, out / onnx_name, size)
-        if quantize:
+        if r.quantize:
             fp32 = out / onnx_name.replace(".onnx", "-fp32.onnx")
             (out / onnx_name).replace(fp32)
             rng = np.random.default_rng(seed)
-            pick = rng.choice(len(tr_split), size=min(quantize_samples, len(tr_split)), replace=False)
+            pick = rng.choice(len(tr_split), size=min(r.quantize_samples, len(tr_split)), replace=False)
             calib = tr_split.images[np.sort(pick)]
             if calib.shape[1] != size:
                 import cv2
@@ -278,19 +218,19 @@ def run_training(
     metrics["parameters"] = history["parameters"]
     metrics["best_epoch"] = history.get("best_epoch")
     card = export.make_card(
-        name=name or f"maskwatch-{arch}-{size}",
+        name=r.name or f"maskwatch-{arch}-{size}",
         onnx_file=onnx_name,
         arch=arch,
         size=size,
         mean=mean,
         std=std,
-        heads=heads,
+        labels=labels,
         thresholds=thresholds,
         # a face the mask head calls masked: gender from a crop framed as the bare face's (synth.py)
         masked_faces=dict(MASKED_FACE_BOX) if {"mask", "gender"} <= set(heads) else None,
         data={
             "train": data_card,
-            "synthetic_mask_probability": synthetic_mask,
+            "synthetic_mask_probability": r.synthetic_mask,
             "gender_sets_teach_no_mask": "mask" in heads and "gender" in heads,
         },
         metrics=metrics,
@@ -299,11 +239,11 @@ def run_training(
         extra={
             "quantization": {
                 "type": "int8 static, QDQ, per-channel weights (onnxruntime)",
-                "calibration_images": quantize_samples,
+                "calibration_images": r.quantize_samples,
                 "float_model": fp32.name,
             }
         }
-        if quantize and export_onnx
+        if r.quantize and export_onnx
         else None,
     )
     export.write_card(card, out / onnx_name.replace(".onnx", ".json"))
@@ -319,85 +259,84 @@ def _positions(source: np.ndarray) -> list[int]:
     return pos
 
 
+def _option(*decls, help: str = "", **kw):
+    """An option overriding the train recipe key of its name; not given (None): the recipe's value.
+    The help shows the default from the one place it is written (recipe.TrainRecipe)."""
+    key = decls[0].lstrip("-").split("/")[0].replace("-", "_")
+    default = {f.name: f.default for f in dataclasses.fields(TrainRecipe)}[key]
+    shown = "" if default in (None, dataclasses.MISSING) else f" [recipe default: {default}]"
+    return click.option(*decls, key, default=None, help=help + shown, **kw)
+
+
 @click.command("train")
-@click.argument("task", type=click.Choice(["mask", "gender", "attributes"]))
+@click.argument("task", required=False, type=click.Choice(TASKS))
 @click.option(
-    "--data",
-    "data_dirs",
+    "--recipe",
+    "recipe_file",
+    default=None,
+    metavar="FILE",
+    help="Recipe of the stage (TOML or JSON; or the name of a shipped one: "
+    + ", ".join(shipped())
+    + "). Options given override its keys.",
+)
+@click.option(
+    "--set",
+    "sets",
     multiple=True,
-    required=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key (repeatable, after the options): VALUE in TOML (3, 2e-4, true, "
+    '["a", "b"], { "dir" = 5 }) or text; lists also as a,b; none clears; vars.NAME=VALUE sets a variable.',
+)
+@_option(
+    "--data",
+    multiple=True,
     type=click.Path(exists=True, file_okay=False),
     help="Folder of class subfolders (repeatable). For `attributes`, mask and gender folders together.",
 )
-@click.option(
+@_option(
     "--val",
-    "val_dirs",
     multiple=True,
     type=click.Path(exists=True, file_okay=False),
     help="Validation folder (repeatable); else a stratified 80/20 split with a fixed seed.",
 )
-@click.option(
-    "--arch",
-    default="mnv2-attr",
-    show_default=True,
-    type=click.Choice(["mnv2-attr", "seed-gender-cnn", "seed-mask-cnn", "seed-mobilenetv2"]),
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output folder (ONNX, card, plots, history).",
-)
-@click.option("--size", type=int, default=None, help="Input size (default: the arch's).")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=None)
-@click.option("--patience", type=int, default=5, show_default=True, help="Early stopping patience (epochs).")
-@click.option(
-    "--synthetic-mask", type=float, default=None, help="Probability of drawing a mask on an unmasked face."
-)
-@click.option(
-    "--occlusion",
+@_option("--arch", type=click.Choice(ARCHS))
+@_option("--out", type=click.Path(file_okay=False), help="Output folder (ONNX, card, plots, history).")
+@_option("--size", type=int, help="Input size (default: the arch's).")
+@_option("--epochs", type=int)
+@_option("--batch-size", type=int)
+@_option("--lr", type=float)
+@_option("--patience", type=int, help="Early stopping patience (epochs).")
+@_option(
+    "--synthetic-mask",
     type=float,
-    default=0.0,
-    show_default=True,
-    help="Probability of hiding part of an unmasked face (it stays no_mask).",
+    help="Probability of drawing a mask on a face of a gender set (default: 0.4 for mnv2-attr "
+    "with a gender head, else 0).",
 )
-@click.option(
+@_option("--occlusion", type=float, help="Probability of hiding part of an unmasked face (it stays no_mask).")
+@_option(
     "--incorrect-mask",
     type=float,
-    default=0.0,
-    show_default=True,
-    help="Probability of drawing a mask worn below the nose or on the chin on an unmasked face (no_mask); "
-    "as many get a properly worn one (mask), so only the position tells them apart.",
+    help="Probability of drawing a mask worn below the nose or on the chin on an unmasked face (incorrect, "
+    "or no_mask without that label); as many get a properly worn one (mask): only the position tells "
+    "them apart.",
 )
-@click.option(
+@_option(
     "--init",
     type=click.Path(exists=True, dir_okay=False),
-    default=None,
     help="Start from these weights (a state dict .pt, e.g. best.pt of an earlier run): fine-tuning.",
 )
-@click.option(
-    "--low-res",
-    type=float,
-    default=0.35,
-    show_default=True,
-    help="Probability of a down-and-up scaling to 12-48 px (small faces).",
-)
-@click.option(
+@_option("--low-res", type=float, help="Probability of a down-and-up scaling to 12-48 px (small faces).")
+@_option(
     "--mask-from-gender/--no-mask-from-gender",
-    default=True,
-    show_default=True,
     help="attributes: gender folders also train the mask head (no_mask, or mask when one is drawn).",
 )
-@click.option(
-    "--quantize", is_flag=True, help="Ship int8 (static, QDQ) ONNX; the float one is kept as NAME-fp32.onnx."
+@_option(
+    "--quantize/--no-quantize", help="Ship int8 (static, QDQ) ONNX; the float one stays as NAME-fp32.onnx."
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
-@click.option("--limit-per-class", type=int, default=None, help="Use at most N images per class and folder.")
-@click.option("--max-steps", type=int, default=None, help="At most N batches per epoch.")
-@click.option(
+@_option("--device", help="auto, cpu, cuda, cuda:N")
+@_option("--limit-per-class", type=int, help="Use at most N images per class and folder.")
+@_option("--max-steps", type=int, help="At most N batches per epoch.")
+@_option(
     "--oversample",
     multiple=True,
     metavar="DIR=FACTOR",
@@ -405,112 +344,61 @@ def _positions(source: np.ndarray) -> list[int]:
     "its --data folder's factor) FACTOR times as often as others of their class (a small in-domain set, "
     "a rare kind of face). Repeatable.",
 )
-@click.option(
+@_option(
     "--train-only",
     type=click.Choice(["mask", "gender"]),
-    default=None,
     help="Train this head only (with --init): the features and the other head stay exactly as they are.",
 )
-@click.option(
+@_option(
     "--keep",
     type=click.Choice(["best", "last"]),
-    default="best",
-    show_default=True,
     help="Export the best epoch on validation, or the last (when validation cannot see the goal).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--name", default=None, help="Model name in the card.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads.")
-@click.option(
-    "--workers", type=int, default=8, show_default=True, help="Threads for image loading/augmentation."
-)
-@click.option("--no-pretrained", is_flag=True, help="Do not load ImageNet weights.")
+@_option("--seed", type=int)
+@_option("--name", help="Model name in the card.")
+@_option("--threads", type=int, help="torch CPU threads.")
+@_option("--workers", type=int, help="Threads for image loading/augmentation.")
+@_option("--pretrained/--no-pretrained", help="Start from ImageNet weights.")
+@_option("--time-budget", type=float, help="Seconds: start no epoch that would end later.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--no-progress", is_flag=True)
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export (the card is still written).")
-@click.option("--time-budget", type=float, default=None, help="Seconds: start no epoch that would end later.")
-def train(
-    task,
-    data_dirs,
-    val_dirs,
-    arch,
-    out,
-    size,
-    epochs,
-    batch_size,
-    lr,
-    patience,
-    synthetic_mask,
-    occlusion,
-    incorrect_mask,
-    init,
-    low_res,
-    mask_from_gender,
-    train_only,
-    quantize,
-    device,
-    resume,
-    limit_per_class,
-    max_steps,
-    oversample,
-    keep,
-    seed,
-    name,
-    threads,
-    workers,
-    no_pretrained,
-    no_progress,
-    no_export,
-    time_budget,
-):
-    """Train a TASK model (mask, gender, or both heads: attributes) from folders of labeled images.
+def train(task, recipe_file, sets, resume, no_progress, no_export, **options):
+    """Train a TASK model (mask, gender, or both heads: attributes) from folders of labeled images, or
+    run the training stage of a recipe (`--recipe`; docs/training.md, "Recipes").
 
-    Writes ONNX + model card, history JSON, loss/accuracy curves and confusion matrices into OUT.
+    Writes ONNX + model card, recipe.json, history JSON, loss/accuracy curves and confusion matrices into OUT.
     """
-    import torch
+    from maskwatch.train import recipe as R
 
-    if threads:
-        torch.set_num_threads(threads)
-    card = run_training(
-        task,
-        list(data_dirs),
-        list(val_dirs),
-        arch,
-        out,
-        size=size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        patience=patience,
-        synthetic_mask=synthetic_mask,
-        occlusion=occlusion,
-        incorrect_mask=incorrect_mask,
-        init=init,
-        low_res=low_res,
-        mask_from_gender=mask_from_gender,
-        train_only=train_only,
-        quantize=quantize,
-        device=device,
-        resume=resume,
-        limit_per_class=limit_per_class,
-        max_steps=max_steps,
-        oversample=_parse_oversample(oversample),
-        keep=keep,
-        seed=seed,
-        name=name,
-        progress=not no_progress,
-        workers=workers,
-        pretrained=not no_pretrained,
-        export_onnx=not no_export,
-        time_budget_s=time_budget,
-    )
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if v not in (None, ())}
+    if "oversample" in given:
+        given["oversample"] = _parse_oversample(given["oversample"])
+    if task:
+        given["task"] = task
+    if recipe_file is None and not {"task", "data", "out"} <= set(given):
+        raise click.UsageError("give TASK, --data and --out, or a --recipe")
+    try:
+        recipe = R.load(recipe_file, sets, options=given)
+    except R.RecipeError as e:
+        raise click.UsageError(str(e)) from None
+    run_options = {"resume": resume, "progress": not no_progress, "export_onnx": not no_export}
+    if recipe.kind != "train":
+        if resume or no_progress or no_export:
+            raise click.UsageError(
+                f"--resume, --no-progress and --no-export are options of kind train, not {recipe.kind}"
+            )
+        run_options = {}
+    card = R.run(recipe, **run_options)
+    validation = card.get("metrics", {}).get("validation", {})
     click.echo(
         json.dumps(
             {
-                "out": str(out),
+                "out": recipe.values.out,
                 "onnx": card["onnx"],
                 "metrics": {
-                    k: {kk: vv for kk, vv in v.items() if kk != "confusion"}
-                    for k, v in card["metrics"]["validation"].items()
+                    k: {kk: vv for kk, vv in v.items() if kk != "confusion"} if isinstance(v, dict) else v
+                    for k, v in validation.items()
                 },
             },
             indent=1,

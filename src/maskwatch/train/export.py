@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from maskwatch.train.data import TASK_LABELS
-
 log = logging.getLogger(__name__)
 
 
@@ -107,7 +105,7 @@ def make_card(
     size: int,
     mean,
     std,
-    heads: tuple[str, ...],
+    labels: dict[str, tuple[str, ...]],
     thresholds: dict[str, float],
     margin: float = 0.2,
     masked_faces: dict | None = None,
@@ -117,6 +115,7 @@ def make_card(
     command: str = "",
     extra: dict | None = None,
 ) -> dict:
+    """The model card of a net whose outputs are `labels` (head -> its labels, in output order)."""
     card = {
         "name": name,
         "onnx": onnx_file,
@@ -135,11 +134,11 @@ def make_card(
         "outputs": {
             h: {
                 "output": h,
-                "labels": list(TASK_LABELS[h]),
+                "labels": list(names),
                 "activation": "softmax",
                 "uncertain_threshold": float(thresholds[h]),
             }
-            for h in heads
+            for h, names in labels.items()
         },
         "data": data or {},
         "metrics": metrics or {},
@@ -170,8 +169,8 @@ def export_from_state(
 
     card_path = Path(card_path)
     card = json.loads(card_path.read_text())
-    heads = tuple(card["outputs"])
-    model = build(card["arch"], heads, pretrained=False)
+    widths = {h: len(o["labels"]) for h, o in card["outputs"].items()}
+    model = build(card["arch"], tuple(widths), pretrained=False, widths=widths)
     sd = torch.load(state_path, map_location="cpu", weights_only=True)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     model.load_state_dict(sd)

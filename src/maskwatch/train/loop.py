@@ -18,45 +18,64 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskwatch.train.data import TASK_LABELS, ImageSet
+from maskwatch.train.data import ImageSet
+from maskwatch.train.recipe import TrainRecipe
 from maskwatch.train.synth import draw_mask, occlude
 
 log = logging.getLogger(__name__)
 
 
+_R = TrainRecipe  # a training run's defaults are written there, once
+
+
 @dataclass
 class TrainConfig:
-    arch: str = "mnv2-attr"
-    heads: tuple[str, ...] = ("mask", "gender")
-    size: int = 112
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 5
-    seed: int = 0
-    device: str = "auto"
+    """What the loop reads: a train recipe's values for one run (`from_recipe`), under the loop's names."""
+
+    arch: str = _R.arch
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)  # head -> its labels, in output order
+    size: int | None = _R.size  # from_recipe: the arch's when the recipe says None
+    epochs: int = _R.epochs
+    batch_size: int = _R.batch_size
+    lr: float = _R.lr
+    weight_decay: float = _R.weight_decay
+    patience: int = _R.patience
+    seed: int = _R.seed
+    device: str = _R.device
     synthetic_mask: float = 0.0  # probability of drawing a mask on a sample that has no mask label
-    gender_faces_unmasked: bool = True  # gender sets teach the mask head `no_mask` (and `mask` when drawn)
+    gender_faces_unmasked: bool = _R.mask_from_gender  # gender sets teach the mask head no_mask (mask drawn)
     augment: bool = True
-    low_res_p: float = 0.35  # probability of a down-up scale (small faces in scenes)
-    occlusion_p: float = 0.0  # probability of hiding part of an unmasked face (stays `no_mask`)
-    # folder (a --data folder, or a class folder inside one) -> draw its samples this many times as often
+    low_res_p: float = _R.low_res
+    occlusion_p: float = _R.occlusion
     oversample: dict[str, float] | None = None
-    incorrect_mask_p: float = 0.0  # probability of a mask worn below the nose / on the chin (`no_mask`);
-    # as many unmasked faces get a properly worn drawn mask (`mask`)
-    jpeg_p: float = 0.25
-    max_steps_per_epoch: int | None = None
-    # the weights exported: the best epoch on validation, or the last one (fine-tuning toward data the
-    # validation set does not represent, where a saturated validation score picks at random)
-    keep: str = "best"
-    train_only: str | None = None  # one head learns; features and other heads frozen
-    num_workers: int = 8
+    incorrect_mask_p: float = _R.incorrect_mask
+    jpeg_p: float = _R.jpeg
+    max_steps_per_epoch: int | None = _R.max_steps
+    keep: str = _R.keep
+    train_only: str | None = _R.train_only
+    num_workers: int = _R.workers
     amp: bool = True
-    pretrained: bool = True
-    label_smoothing: float = 0.05
-    time_budget_s: float | None = None  # stop starting new epochs when the next one would not fit
-    extra: dict = field(default_factory=dict)
+    label_smoothing: float = _R.label_smoothing
+    time_budget_s: float | None = _R.time_budget
+
+    @classmethod
+    def from_recipe(cls, r: TrainRecipe, size: int) -> TrainConfig:
+        return cls(
+            arch=r.arch, labels=r.labels, size=size, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr,
+            weight_decay=r.weight_decay, patience=r.patience, seed=r.seed, device=r.device,
+            synthetic_mask=r.synthetic_mask, gender_faces_unmasked=r.mask_from_gender, low_res_p=r.low_res,
+            occlusion_p=r.occlusion, oversample=r.oversample or None, incorrect_mask_p=r.incorrect_mask,
+            jpeg_p=r.jpeg, max_steps_per_epoch=r.max_steps, keep=r.keep, train_only=r.train_only,
+            num_workers=r.workers, label_smoothing=r.label_smoothing, time_budget_s=r.time_budget,
+        )  # fmt: skip
+
+
+def label_index(names: tuple[str, ...], label: str) -> int:
+    """Index of `label` among a head's labels; `incorrect` reads as no_mask for a head without it (how
+    two-label mask models learnt masks worn below the nose)."""
+    if label == "incorrect" and label not in names:
+        label = "no_mask"
+    return names.index(label)
 
 
 @dataclass
@@ -88,21 +107,22 @@ def draw_factors(s: ImageSet, oversample: dict[str, float] | None) -> np.ndarray
 
 def make_split(
     sets: list[ImageSet],
-    heads: tuple[str, ...],
+    labels: dict[str, tuple[str, ...]],
     gender_faces_unmasked: bool,
     oversample: dict[str, float] | None = None,
 ) -> Split:
+    """The samples of `sets` for heads `labels` (head -> its labels, in output order)."""
+    heads = tuple(labels)
     imgs, labs, lms, src, synth, prim = [], [], [], [], [], []
     for si, s in enumerate(sets):
         task = s.task
         lab = np.full((len(s.labels), len(heads)), -1, np.int64)
         if task in heads:
-            names = TASK_LABELS[task]
-            lab[:, heads.index(task)] = [names.index(x) for x in s.labels]
+            lab[:, heads.index(task)] = [label_index(labels[task], x) for x in s.labels]
         # faces of gender sets (unmasked) may get a synthetic mask drawn on (then labeled `mask`)
         unmasked_rows = np.full(len(s.labels), task == "gender")
         if task == "gender" and gender_faces_unmasked and "mask" in heads:
-            lab[:, heads.index("mask")] = TASK_LABELS["mask"].index("no_mask")
+            lab[:, heads.index("mask")] = labels["mask"].index("no_mask")
         imgs.append(s.images)
         labs.append(lab)
         lms.append(s.landmarks)
@@ -158,22 +178,23 @@ def cpu_augment(
 ):
     """Per-sample CPU work: synthetic masks, occlusions and masks worn wrongly or properly (on
     `may_occlude` rows: unmasked faces of mask sets) and JPEG noise.
-    Returns (images, flags of the rows that now wear a synthetic mask properly)."""
+    Returns (images, per row the label its drawn mask gives it: "mask" (worn properly), "incorrect"
+    (below the nose or on the chin), or "" (none drawn))."""
     out = batch.copy()
-    drawn = np.zeros(len(batch), bool)
+    drawn = np.full(len(batch), "", "<U9")
     side = batch.shape[1]
     for i in range(len(batch)):
         if cfg.synthetic_mask > 0 and may_synth[i] and rng.random() < cfg.synthetic_mask:
             out[i] = draw_mask(out[i], _landmarks_or_default(landmarks[i], rng) * side, rng)
-            drawn[i] = True
+            drawn[i] = "mask"
         elif cfg.augment and may_occlude is not None and may_occlude[i]:
             r = rng.random()
             if r < 2 * cfg.incorrect_mask_p:
-                # worn wrongly (stays no_mask) or, as often, worn properly (becomes mask): the same drawn
-                # masks on both sides, so the model learns where a mask sits, not what a drawn one looks like
+                # worn wrongly (incorrect) or, as often, worn properly (mask): the same drawn masks on
+                # both sides, so the model learns where a mask sits, not what a drawn one looks like
                 worn = "correct" if r >= cfg.incorrect_mask_p else str(rng.choice(["below_nose", "chin"]))
                 out[i] = draw_mask(out[i], _landmarks_or_default(landmarks[i], rng) * side, rng, worn=worn)
-                drawn[i] = worn == "correct"
+                drawn[i] = "mask" if worn == "correct" else "incorrect"
             elif len(batch) > 1 and r < 2 * cfg.incorrect_mask_p + cfg.occlusion_p:
                 out[i] = occlude(out[i], batch[(i + 1 + rng.integers(len(batch) - 1)) % len(batch)], rng)
         if cfg.augment and rng.random() < cfg.jpeg_p:
@@ -340,10 +361,9 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     weights = sample_weights(train_split, train_split.primary)
     no_mask_rows = np.zeros(len(train_split), bool)
+    mask_names = cfg.labels.get("mask", ())
     if "mask" in model.heads:
-        no_mask_rows = train_split.labels[:, model.heads.index("mask")] == TASK_LABELS["mask"].index(
-            "no_mask"
-        )
+        no_mask_rows = train_split.labels[:, model.heads.index("mask")] == mask_names.index("no_mask")
     history: dict = {"config": {k: v for k, v in asdict(cfg).items()}, "epochs": []}
     best = {"score": -1.0, "epoch": -1}
     start_epoch = 0
@@ -393,9 +413,10 @@ def train(
             imgs = np.concatenate([p[0] for p in parts])
             drawn = np.concatenate([p[1] for p in parts])
             labels = train_split.labels[idx].copy()
-            if "mask" in model.heads and drawn.any():  # rows of unknown mask label stay unknown
+            if "mask" in model.heads:  # a drawn mask relabels a row; rows of unknown mask label stay unknown
                 col = labels[:, model.heads.index("mask")]
-                col[drawn & (col >= 0)] = TASK_LABELS["mask"].index("mask")
+                for worn in ("mask", "incorrect"):
+                    col[(drawn == worn) & (col >= 0)] = label_index(mask_names, worn)
             return imgs, labels
 
         sums = np.zeros((n_heads, 3))  # loss sum, correct, count

@@ -10,7 +10,8 @@ MobileNetV2 is written here with torchvision's parameter names, so torchvision's
 | `seed-mobilenetv2` | 224   | one head, base frozen    | 164,226 (+2,223,872 frozen) |
 | `mnv2-attr`        | 112   | `mask` + `gender` heads  | 2,228,996            |
 
-Every net's `forward(x)` returns a dict {head name: logits}; `heads` lists the head names.
+Every net's `forward(x)` returns a dict {head name: logits}; `heads` lists the head names. A head has one
+logit per label (`build(..., widths)`; the counts above are for 2 per head, e.g. widths {"mask": 2}).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ARCHS = ("seed-gender-cnn", "seed-mask-cnn", "seed-mobilenetv2", "mnv2-attr")
+from maskwatch.train.data import TASK_LABELS
+from maskwatch.train.recipe import ARCHS
+
 DEFAULT_SIZE = {"seed-gender-cnn": 96, "seed-mask-cnn": 224, "seed-mobilenetv2": 224, "mnv2-attr": 112}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -205,10 +208,15 @@ class SeedMobileNetV2(nn.Module):
 
 
 class AttributeNet(nn.Module):
-    """Production net: ImageNet MobileNetV2 features, global average pool, one linear head per task."""
+    """Production net: ImageNet MobileNetV2 features, global average pool, one linear head per task
+    (`widths`: head -> number of logits, default 2)."""
 
     def __init__(
-        self, heads: tuple[str, ...] = ("mask", "gender"), pretrained: bool = True, dropout: float = 0.2
+        self,
+        heads: tuple[str, ...] = ("mask", "gender"),
+        pretrained: bool = True,
+        dropout: float = 0.2,
+        widths: dict[str, int] | None = None,
     ):
         super().__init__()
         self.heads = tuple(heads)
@@ -217,7 +225,7 @@ class AttributeNet(nn.Module):
             load_imagenet_features(self.features)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head_layers = nn.ModuleDict({h: nn.Linear(1280, 2) for h in self.heads})
+        self.head_layers = nn.ModuleDict({h: nn.Linear(1280, (widths or {}).get(h, 2)) for h in self.heads})
         self.frozen_features = False  # train_only(): features in eval mode, BN statistics kept
 
     def train_only(self, head: str) -> None:
@@ -241,18 +249,23 @@ class AttributeNet(nn.Module):
         return {h: self.head_layers[h](f) for h in self.heads}
 
 
-def build(arch: str, heads: tuple[str, ...], pretrained: bool = True) -> nn.Module:
-    """A fresh net of `arch` with the given head(s); seeds take exactly one head."""
+def build(
+    arch: str, heads: tuple[str, ...], pretrained: bool = True, widths: dict[str, int] | None = None
+) -> nn.Module:
+    """A fresh net of `arch` with the given head(s); seeds take exactly one head. `widths`: head -> its
+    number of logits; a head left out has one per label of its task (data.TASK_LABELS)."""
+    widths = {h: (widths or {}).get(h, len(TASK_LABELS[h])) for h in heads}
     if arch == "mnv2-attr":
-        return AttributeNet(heads, pretrained=pretrained)
+        return AttributeNet(heads, pretrained=pretrained, widths=widths)
     if len(heads) != 1:
         raise ValueError(f"{arch} has one head; got {heads} (use --arch mnv2-attr for several tasks)")
+    n = widths[heads[0]]
     if arch == "seed-gender-cnn":
-        return SeedGenderCNN(head=heads[0])
+        return SeedGenderCNN(n, head=heads[0])
     if arch == "seed-mask-cnn":
-        return SeedMaskCNN(head=heads[0])
+        return SeedMaskCNN(n, head=heads[0])
     if arch == "seed-mobilenetv2":
-        return SeedMobileNetV2(head=heads[0], pretrained=pretrained)
+        return SeedMobileNetV2(n, head=heads[0], pretrained=pretrained)
     raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
 
 
