@@ -41,40 +41,36 @@ bench: $(VENV)/.runtime
 	$(BIN)/maskwatch bench $(SHARED)/data/videos/*.mp4 --frames 300 --yunet $(YUNET) --json bench.json
 
 # Retrain the shipped attribute model from ../shared/data (a GPU makes the first step minutes, not hours).
+# The three training stages are recipes (src/maskwatch/train/recipes/*.toml; they read the crops from
+# runs/crops and write runs/models/STAGE).
 CROPS := runs/crops
 MODEL := src/maskwatch/models
+RECIPES := src/maskwatch/train/recipes
 models: $(VENV)/.dev
 	$(BIN)/maskwatch prepare $(SHARED)/data/mask/facemask12k/train $(CROPS)/fm12k_train --yunet $(YUNET)
 	$(BIN)/maskwatch prepare $(SHARED)/data/mask/facemask12k/val $(CROPS)/fm12k_val --yunet $(YUNET)
 	$(BIN)/maskwatch prepare $(SHARED)/data/mask/chandrikadeb7 $(CROPS)/chandrika --yunet $(YUNET)
 	$(BIN)/maskwatch prepare $(SHARED)/data/gender/utkface $(CROPS)/utkface --yunet $(YUNET)
 	$(BIN)/maskwatch prepare $(SHARED)/data/scenes/dev $(CROPS)/scenes --yunet $(YUNET)
-	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
-	    --data $(CROPS)/utkface --val $(CROPS)/fm12k_val --arch mnv2-attr --epochs 30 --batch-size 256 \
-	    --patience 5 --out runs/models/base
-	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
-	    --data $(CROPS)/utkface --val $(CROPS)/fm12k_val --arch mnv2-attr --init runs/models/base/best.pt \
-	    --epochs 6 --max-steps 200 --batch-size 64 --lr 2e-4 --patience 6 --no-mask-from-gender \
-	    --occlusion 0.25 --incorrect-mask 0.2 --low-res 0.5 --out runs/models/finetune
-	$(MAKE) scene-stage FROM=runs/models/finetune/best.pt SCENES=$(CROPS)/scenes OUT=runs/models/attributes
+	$(BIN)/maskwatch train --recipe $(RECIPES)/base.toml
+	$(BIN)/maskwatch train --recipe $(RECIPES)/finetune.toml
+	$(MAKE) scene-stage
 	cp runs/models/attributes/attributes.onnx runs/models/attributes/attributes.json $(MODEL)/
 	$(MAKE) evaluate
 
 # Stage 3 of `models`: scene crops (real crowd photos, as the app crops them) join the mask data; their
 # few masks worn below the nose (annotated mask_weared_incorrect, learnt as no_mask) are drawn 30x as often.
+# SET: overrides of the recipe, e.g. make scene-stage SET='--set out=runs/models/try --set lr=1e-4'.
 scene-stage: $(VENV)/.dev
-	$(BIN)/maskwatch train attributes --data $(CROPS)/fm12k_train --data $(CROPS)/chandrika \
-	    --data $(CROPS)/utkface --data $(SCENES) --oversample $(SCENES)=5 \
-	    --oversample $(SCENES)/mask_weared_incorrect=30 --val $(CROPS)/fm12k_val \
-	    --arch mnv2-attr --init $(FROM) --epochs 5 --max-steps 200 --batch-size 64 --lr 1.5e-4 --patience 6 \
-	    --no-mask-from-gender --occlusion 0.25 --incorrect-mask 0.2 --low-res 0.5 --quantize --out $(OUT)
+	$(BIN)/maskwatch train --recipe $(RECIPES)/scene.toml $(SET)
 
 # The scenes/dev figures of a model that trains on scenes/dev: 2-fold cross-validation by photo
 # (each fold's model never saw the photos it is measured on), pooled into the card's cross-validation figure.
 cv-scenes: $(VENV)/.dev
 	for f in 0 1; do \
 	  $(BIN)/maskwatch prepare $(SHARED)/data/scenes/dev $(CROPS)/scenes_not$$f --exclude-fold $$f/2 --yunet $(YUNET) && \
-	  $(MAKE) scene-stage FROM=runs/models/finetune/best.pt SCENES=$(CROPS)/scenes_not$$f OUT=runs/models/cv$$f && \
+	  $(BIN)/maskwatch train --recipe $(RECIPES)/scene.toml --set vars.scenes=$(CROPS)/scenes_not$$f \
+	      --set out=runs/models/cv$$f && \
 	  $(BIN)/maskwatch evaluate scenes $(SHARED)/data/scenes/dev --fold $$f/2 --yunet $(YUNET) \
 	      --model runs/models/cv$$f --json runs/models/cv$$f/scenes_dev_fold$$f.json || exit 1; \
 	done
