@@ -146,6 +146,32 @@ def test_prepare_scene_set_and_folds(tmp_path, shared_data, yunet_path):
         D.scene_images(tmp_path / "all")
 
 
+def test_prepare_scenes_matching_rule(tmp_path, monkeypatch):
+    """Whole-head boxes: a face box fills a head box only in part (IoU 0.29 here); `center` matches it."""
+    from vision_helpers import FakeDetector, face_canvas
+
+    src = tmp_path / "heads"
+    (src / "images").mkdir(parents=True)
+    (src / "annotations").mkdir()
+    cv2.imwrite(str(src / "images" / "a.png"), face_canvas([((20, 40, 60, 90), (40, 40, 220))]))
+    (src / "annotations" / "a.xml").write_text(
+        "<annotation><object><name>with_mask</name><bndbox><xmin>5</xmin><ymin>10</ymin><xmax>75</xmax>"
+        "<ymax>110</ymax></bndbox></object></annotation>"
+    )
+    monkeypatch.setattr(D, "photo_detector", lambda *a, **k: FakeDetector([[(20, 40, 60, 90)]]))
+    strict = D.prepare_scenes(src, tmp_path / "strict", size=32, progress=False)
+    assert strict["written"] == 0 and strict["matching"] == {"rule": "iou", "iou": 0.5}
+    rep = D.prepare_scenes(src, tmp_path / "center", size=32, match="center", progress=False)
+    assert rep["written"] == 1 and rep["by_class"] == {"with_mask": 1}
+    assert json.loads((tmp_path / "center" / "prepare.json").read_text())["matching"] == {
+        "rule": "center",
+        "iou": None,
+    }
+    assert D.prepare_scenes(src, tmp_path / "loose", size=32, iou_min=0.25, progress=False)["written"] == 1
+    with pytest.raises(ValueError, match="IoU threshold"):
+        D.prepare_scenes(src, tmp_path / "bad", iou_min=0, progress=False)
+
+
 def test_synthetic_mask_covers_mouth_not_eyes():
     rng = np.random.default_rng(3)
     img = np.full((112, 112, 3), 200, np.uint8)

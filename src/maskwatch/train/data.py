@@ -335,20 +335,47 @@ def read_voc(path: str | Path) -> list[tuple[str, tuple[float, float, float, flo
     return out
 
 
-def match_boxes(gt: np.ndarray, det: np.ndarray, iou_min: float = 0.5) -> list[tuple[int, int]]:
-    """Greedy one-to-one matching by IoU (highest first); pairs (gt index, det index)."""
+MATCH_RULES = ("iou", "center")
+
+
+def matching(rule: str = "iou", iou_min: float = 0.5) -> dict:
+    """The matching rule as results report it: `{"rule", "iou"}` (`iou` is null for the `center` rule)."""
+    if rule not in MATCH_RULES:
+        raise ValueError(f"matching rule must be one of {MATCH_RULES}, got {rule!r}")
+    if not 0 < iou_min <= 1:
+        raise ValueError(f"IoU threshold must be in (0, 1], got {iou_min}")
+    return {"rule": rule, "iou": iou_min if rule == "iou" else None}
+
+
+def centre_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M): whether the centre of box `a[i]` lies inside box `b[j]` (edges included)."""
+    a = np.asarray(a, dtype=float).reshape(-1, 4)
+    b = np.asarray(b, dtype=float).reshape(-1, 4)
+    cx, cy = (a[:, None, 0] + a[:, None, 2]) / 2, (a[:, None, 1] + a[:, None, 3]) / 2
+    return (b[None, :, 0] <= cx) & (cx <= b[None, :, 2]) & (b[None, :, 1] <= cy) & (cy <= b[None, :, 3])
+
+
+def match_boxes(
+    gt: np.ndarray, det: np.ndarray, iou_min: float = 0.5, rule: str = "iou"
+) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching, highest IoU first; pairs (gt index, det index). A pair may match when
+    (`rule="iou"`) its IoU is >= `iou_min`, or (`rule="center"`, for sets annotated with boxes around the
+    whole head, which a face box fills only in part) the centre of one box lies inside the other."""
     from maskwatch.vision.geometry import iou_matrix
 
+    matching(rule, iou_min)  # validates
     if len(gt) == 0 or len(det) == 0:
         return []
     ious = iou_matrix(gt, det)
+    if rule == "center":
+        ok = (centre_inside(gt, det) | centre_inside(det, gt).T) & (ious > 0)
+    else:
+        ok = ious >= iou_min
     pairs = []
     used_g, used_d = set(), set()
-    for flat in np.argsort(-ious, axis=None):
+    for flat in np.argsort(-ious, axis=None, kind="stable"):
         g, d = divmod(int(flat), ious.shape[1])
-        if ious[g, d] < iou_min:
-            break
-        if g in used_g or d in used_d:
+        if not ok[g, d] or g in used_g or d in used_d:
             continue
         used_g.add(g)
         used_d.add(d)
@@ -420,14 +447,18 @@ def prepare_scenes(
     yunet_path: Path | None = None,
     score_threshold: float = 0.6,
     exclude_fold: tuple[int, int] | None = None,
+    match: str = "iou",
+    iou_min: float = 0.5,
     quality: int = 92,
     progress: bool = True,
 ) -> dict:
     """Face crops of an annotated scene set, as the app sees them: the app's photo detector runs on each
-    image, and each detected face matching an annotated box (IoU >= 0.5) is cropped by the crop rule into
-    `out/<annotated class>/` (`mask_weared_incorrect` reads as `incorrect`). Annotated faces the detector
-    misses are not written: the app never classifies them. `exclude_fold=(i, k)` leaves out the photos
-    `evaluate scenes --fold i/k` measures on."""
+    image, and each detected face matching an annotated box (`match_boxes` by `match` and `iou_min`:
+    IoU >= 0.5 by default) is cropped by the crop rule into `out/<annotated class>/`
+    (`mask_weared_incorrect` reads as `incorrect`). Annotated faces the detector misses are not written:
+    the app never classifies them. `exclude_fold=(i, k)` leaves out the photos `evaluate scenes --fold
+    i/k` measures on."""
+    rule = matching(match, iou_min)
     detector = photo_detector(yunet_path, score_threshold)
     src, out = Path(src), Path(out)
     pairs = scene_images(src, exclude_fold, exclude=True)
@@ -448,7 +479,8 @@ def prepare_scenes(
         annotated += len(gt)
         faces = detector.detect(img)
         gt_boxes = np.array([b for _, b in gt], float).reshape(-1, 4)
-        matched = match_boxes(gt_boxes, np.array([f.box for f in faces], float).reshape(-1, 4))
+        det_boxes = np.array([f.box for f in faces], float).reshape(-1, 4)
+        matched = match_boxes(gt_boxes, det_boxes, iou_min, match)
         for g, d in matched:
             name, face = gt[g][0], faces[d]
             rel = f"{name}/{path.stem}_{g}.jpg"
@@ -471,6 +503,7 @@ def prepare_scenes(
         "by_class": counts,
         "not_detected": annotated - sum(counts.values()),
         "unreadable": unreadable,
+        "matching": rule,
         "crop": {"rule": "box", "margin": margin, "square": True, "size": size},
     }
     (out / "prepare.json").write_text(json.dumps(report, indent=1))
