@@ -3,7 +3,31 @@
 Models are model directories (or single model cards) loaded by the runtime's `AttributeClassifier`, so the
 crop rule, normalization and labels come from the cards, exactly as in `detect`/`serve`. `faces` and
 `scenes` run the runtime detector too. Every command prints and (with `--json`) writes a JSON object with
-`n`, `accuracy`, `balanced_accuracy`, `per_class` {label: {n, recall}} and `no_face`.
+`n`, `accuracy`, `balanced_accuracy`, `per_class` {label: {n, recall}}, `no_face` and `labels` (the head's).
+
+Mask labels: a mask head has two labels (`mask`, `no_mask`) or three (also `incorrect`: nose or mouth
+uncovered). Faces annotated `incorrect` (`mask_weared_incorrect`) count as `no_mask` for a two-label head
+(that is how such models were trained) and as their own class for a three-label one; mask results say
+which in `incorrect_counts_as`. `per_class` lists the head's labels; `balanced_accuracy` is the mean
+recall over those with faces.
+
+Scenes: detected faces are matched one-to-one to annotated boxes, highest IoU first, by a rule reported
+as `matching` {`rule`, `iou`}: `iou` (IoU >= `iou`, default 0.5) or `center` (the centre of one box lies
+inside the other; for sets annotated with whole-head boxes, which a face box fills only in part).
+
+Per-face dumps (`--dump FILE.jsonl`, for calibration): one JSON object per line for every classified
+face (images where no face was found are not written), with
+    `file`     the image (scenes: the photo; several lines when it holds several faces)
+    `set`      name of the data folder
+    `task`     `mask` or `gender`
+    `truth`    the label the face counts as (for a two-label mask head `incorrect` becomes `no_mask`)
+    `annotated` only when it differs from `truth`: the annotated label (`incorrect`)
+    `pred`     the answer after the card's uncertain threshold (`uncertain` below it)
+    `argmax`   the top label before the threshold
+    `probs`    {label: probability} of the task's head (its labels, its order)
+    `box`      scenes only: the annotated box [x1, y1, x2, y2]
+    `age`, `race`  only for UTKFace-named files (`AGE_GENDER_RACE_*.jpg`): age in years, race name
+               (White, Black, Asian, Indian, Others)
 
 Example:
     >>> m = metrics(["mask", "no_mask", "mask"], ["mask", "mask", "mask"], ("mask", "no_mask"))
@@ -24,10 +48,13 @@ import cv2
 import numpy as np
 
 from maskwatch.train.data import (
+    MATCH_RULES,
     TASK_LABELS,
     FaceFinder,
+    canonical_label,
     list_images,
     match_boxes,
+    matching,
     parse_fold,
     photo_detector,
     read_image,
@@ -42,6 +69,8 @@ AGE_BANDS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40
 RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
 SIZE_BINS = ((0, 16, "<16"), (16, 32, "16-32"), (32, 64, "32-64"), (64, 1e9, ">=64"))
 NO_FACE = "no_face"
+UNCERTAIN = "uncertain"
+DEFAULT_MATCHING = {"rule": "iou", "iou": 0.5}
 
 
 def _r(x: float) -> float:
@@ -166,6 +195,59 @@ def _predict_labels(classifier, task: str, probs: np.ndarray) -> tuple[list[str]
     return preds, [bool(p.max() < thr) for p in probs]
 
 
+def truth_label(label: str, head_labels: Sequence[str]) -> str:
+    """The label a face annotated `label` counts as for a head: `incorrect` is `no_mask` for a mask head
+    without an `incorrect` class (two-label models were trained that way)."""
+    return "no_mask" if label == "incorrect" and "incorrect" not in head_labels else label
+
+
+def _label_info(task: str, head_labels: Sequence[str]) -> dict:
+    out: dict = {"labels": list(head_labels)}
+    if task == "mask":
+        out["incorrect_counts_as"] = "incorrect" if "incorrect" in head_labels else "no_mask"
+    return out
+
+
+def _ordered(per_class: dict, task: str) -> dict:
+    return {k: per_class[k] for k in TASK_LABELS[task] if k in per_class}
+
+
+def dump_row(
+    file: str | Path,
+    task: str,
+    annotated: str,
+    probs: np.ndarray,
+    labels: Sequence[str],
+    threshold: float,
+    set_name: str,
+    **extra,
+) -> dict:
+    """One line of a `--dump` file (format in the module docstring)."""
+    i = int(np.argmax(probs))
+    truth = truth_label(annotated, labels)
+    row = {
+        "file": str(file),
+        "set": set_name,
+        "task": task,
+        "truth": truth,
+        "pred": labels[i] if probs[i] >= threshold else UNCERTAIN,
+        "argmax": labels[i],
+        "probs": {lab: round(float(p), 5) for lab, p in zip(labels, probs, strict=True)},
+    }
+    if annotated != truth:
+        row["annotated"] = annotated
+    meta = utkface_meta(str(file))
+    if meta is not None and meta["race"] in RACES:
+        row["age"], row["race"] = meta["age"], RACES[meta["race"]]
+    return {**row, **extra}
+
+
+def write_dump(path: str | Path, rows: Sequence[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 # -------------------------------------------------------------------------------------------- crops
 def evaluate_crops(
     data_dir: str | Path,
@@ -176,9 +258,10 @@ def evaluate_crops(
     limit: int | None = None,
     fairness: bool = False,
     yunet: str | None = None,
+    dump: str | Path | None = None,
 ) -> dict:
     """Each image is one face crop. `framing`: `image` feeds the whole image; `detect` finds the face in
-    it first (padded, as `prepare` does) and applies the card's crop rule."""
+    it first (padded, as `prepare` does) and applies the card's crop rule. `dump`: per-face JSONL."""
     classifier = model if hasattr(model, "heads") else load_classifier(model)
     m = _owner(classifier, task)
     items = [(p, lab) for p, lab in list_images(data_dir) if lab in TASK_LABELS[task]]
@@ -206,17 +289,27 @@ def evaluate_crops(
     probs = _run_crops(m, crops, task)
     ms = (time.perf_counter() - t0) * 1e3 / max(1, len(crops))
     preds, unc = _predict_labels(classifier, task, probs)
+    head_labels = classifier.heads[task].labels
     out = {
         "command": "crops",
         "task": task,
         "data": str(data_dir),
         "model": m.name,
         "framing": framing,
-        **metrics(labels, preds, classifier.heads[task].labels, unc),
+        **_label_info(task, head_labels),
+        **metrics([truth_label(lab, head_labels) for lab in labels], preds, head_labels, unc),
         "skipped_unreadable": skipped,
         "ms_per_face": round(ms, 3),
     }
-    out["per_class"] = {k: out["per_class"][k] for k in TASK_LABELS[task]}
+    out["per_class"] = _ordered(out["per_class"], task)
+    if dump:
+        thr, name = classifier.threshold(task), Path(data_dir).name
+        rows = [
+            dump_row(f, task, lab, pr, head_labels, thr, name)
+            for f, lab, pr in zip(files, labels, probs, strict=True)
+        ]
+        write_dump(dump, rows)
+        out["dump"] = str(dump)
     if fairness and task == "gender":
         y = np.array([classifier.heads[task].labels.index(lab) for lab in labels])
         out["fairness"] = fairness_report(files, y, probs)
@@ -235,10 +328,12 @@ def evaluate_faces(
     limit: int | None = None,
     seed: int = 0,
     thorough: bool = True,
+    dump: str | Path | None = None,
 ) -> dict:
     """Each image goes through detect -> largest face -> classify. Images without a detected face count
     as errors (`no_face`). `synthetic_mask` draws a mask on every detected face first, then detects again.
-    `thorough`: the app's photo detector (mirror pass, border retry); False: one plain pass."""
+    `thorough`: the app's photo detector (mirror pass, border retry); False: one plain pass.
+    `dump`: per-face JSONL (faces found only)."""
     from maskwatch.train.synth import draw_mask
 
     classifier = model if hasattr(model, "heads") else load_classifier(model)
@@ -248,7 +343,8 @@ def evaluate_faces(
     if limit:
         rng = np.random.default_rng(0)
         items = [items[i] for i in sorted(rng.choice(len(items), min(limit, len(items)), replace=False))]
-    labels, preds, unc, skipped, masked_none = [], [], [], 0, 0
+    head_labels, thr = classifier.heads[task].labels, classifier.threshold(task)
+    labels, preds, unc, rows, skipped, masked_none = [], [], [], [], 0, 0
     t_cls, n_cls = 0.0, 0
     for k, (p, lab) in enumerate(items):
         img = read_image(p)
@@ -263,7 +359,7 @@ def evaluate_faces(
                 img = draw_mask(img, lm, rng, rgb=False)
             faces = det.detect(img)
             masked_none += not faces
-        labels.append(lab)
+        labels.append(truth_label(lab, head_labels))
         if not faces:
             preds.append(NO_FACE)
             unc.append(False)
@@ -276,6 +372,8 @@ def evaluate_faces(
         lab_p, u = _predict_labels(classifier, task, pr[None])
         preds.append(lab_p[0])
         unc.append(u[0])
+        if dump:
+            rows.append(dump_row(p, task, lab, pr, head_labels, thr, Path(data_dir).name))
     out = {
         "command": "faces",
         "task": task,
@@ -284,11 +382,15 @@ def evaluate_faces(
         "detector": getattr(det, "name", detector),
         "synthetic_mask": synthetic_mask,
         "thorough": thorough,
-        **metrics(labels, preds, classifier.heads[task].labels, unc),
+        **_label_info(task, head_labels),
+        **metrics(labels, preds, head_labels, unc),
         "skipped_unreadable": skipped,
         "ms_per_face": round(t_cls * 1e3 / max(1, n_cls), 3),
     }
-    out["per_class"] = {k: out["per_class"][k] for k in TASK_LABELS[task]}
+    out["per_class"] = _ordered(out["per_class"], task)
+    if dump:
+        write_dump(dump, rows)
+        out["dump"] = str(dump)
     if synthetic_mask:
         out["no_face_after_mask"] = masked_none
     return out
@@ -313,13 +415,21 @@ def evaluate_scenes(
     score: float | None = None,
     thorough: bool = True,
     fold: tuple[int, int] | None = None,
+    match: str = "iou",
+    iou_min: float = 0.5,
+    dump: str | Path | None = None,
 ) -> dict:
-    """Detection recall/precision at IoU >= 0.5 (overall and by face size = sqrt(w*h) of the annotated
-    box) and mask accuracy on matched faces (`mask_weared_incorrect` counts as `no_mask`).
+    """Detection recall/precision (overall and by face size = sqrt(w*h) of the annotated box) and mask
+    accuracy on matched faces; faces are matched by `match_boxes(..., iou_min, match)` (IoU >= 0.5 by
+    default). `mask_weared_incorrect` counts as `no_mask` for a two-label mask head, as `incorrect` for a
+    three-label one, and is also reported alone (`recall_as_no_mask`: how often it is not called `mask`).
     `thorough`: the app's photo detector (mirror pass, border retry); False: one plain pass.
-    `fold=(i, k)`: only the photos at positions i mod k (what `prepare --exclude-fold i/k` leaves out)."""
+    `fold=(i, k)`: only the photos at positions i mod k (what `prepare --exclude-fold i/k` leaves out).
+    `dump`: per-face JSONL of the matched faces."""
+    rule = matching(match, iou_min)
     classifier = model if hasattr(model, "heads") else load_classifier(model)
     has_mask = "mask" in classifier.heads
+    head_labels = classifier.heads["mask"].labels if has_mask else ()
     det = photo_detector(yunet, score, backend=detector, thorough=thorough)
     data_dir = Path(data_dir)
     imgs = scene_images(data_dir, fold)
@@ -327,7 +437,7 @@ def evaluate_scenes(
         imgs = imgs[:limit]
     n_gt = n_det = n_tp = 0
     by_size = {name: [0, 0] for *_, name in SIZE_BINS}  # [found, total]
-    labels, preds, unc, raw_names = [], [], [], []
+    labels, preds, unc, annotated, rows = [], [], [], [], []
     t_cls, n_cls = 0.0, 0
     for p, ann in imgs:
         img = read_image(p)
@@ -337,7 +447,7 @@ def evaluate_scenes(
         faces = det.detect(img)
         gt_boxes = np.array([b for _, b in gt], float).reshape(-1, 4)
         det_boxes = np.array([f.box for f in faces], float).reshape(-1, 4)
-        pairs = match_boxes(gt_boxes, det_boxes)
+        pairs = match_boxes(gt_boxes, det_boxes, iou_min, match)
         n_gt += len(gt)
         n_det += len(faces)
         n_tp += len(pairs)
@@ -348,24 +458,29 @@ def evaluate_scenes(
                 if lo <= s < hi:
                     by_size[name][0] += gi in matched
                     by_size[name][1] += 1
+        pairs = [(g, d) for g, d in pairs if canonical_label(gt[g][0]) in TASK_LABELS["mask"]]
         if has_mask and pairs:
             t0 = time.perf_counter()
             probs = classifier.predict(img, [faces[d] for _, d in pairs], {"mask"})["mask"]
             t_cls += time.perf_counter() - t0
             n_cls += len(pairs)
             lab_p, u = _predict_labels(classifier, "mask", probs)
-            for (g, _), lp, uu in zip(pairs, lab_p, u, strict=True):
-                name = gt[g][0]
-                raw_names.append(name)
-                labels.append("mask" if name == "with_mask" else "no_mask")
+            for (g, _), pr, lp, uu in zip(pairs, probs, lab_p, u, strict=True):
+                lab = canonical_label(gt[g][0])
+                annotated.append(lab)
+                labels.append(truth_label(lab, head_labels))
                 preds.append(lp)
                 unc.append(uu)
+                if dump:
+                    thr, box = classifier.threshold("mask"), [round(v, 1) for v in gt[g][1]]
+                    rows.append(dump_row(p, "mask", lab, pr, head_labels, thr, data_dir.name, box=box))
     out = {
         "command": "scenes",
         "data": str(data_dir),
         "detector": getattr(det, "name", detector),
         "thorough": thorough,
         "fold": None if fold is None else f"{fold[0]}/{fold[1]}",
+        "matching": rule,
         "images": len(imgs),
         "faces": n_gt,
         "detections": n_det,
@@ -379,16 +494,20 @@ def evaluate_scenes(
     tot = sum(v[1] for v in big)
     out["recall_ge32"] = _r(sum(v[0] for v in big) / tot) if tot else None
     if has_mask:
-        mm = metrics(labels, preds, TASK_LABELS["mask"], unc)
-        out.update({"model": classifier._owner["mask"].name, **mm})
+        mm = metrics(labels, preds, head_labels, unc)
+        mm["per_class"] = _ordered(mm["per_class"], "mask")
+        out.update({"model": classifier._owner["mask"].name, **_label_info("mask", head_labels), **mm})
         out["mask_accuracy"] = mm["accuracy"]
         out["mask_balanced_accuracy"] = mm["balanced_accuracy"]
-        inc = [i for i, nm in enumerate(raw_names) if nm == "mask_weared_incorrect"]
-        out["mask_weared_incorrect"] = {
+        inc = [i for i, lab in enumerate(annotated) if lab == "incorrect"]
+        out["mask_weared_incorrect"] = {  # how often they are called not-masked (no_mask or incorrect)
             "n": len(inc),
-            "recall_as_no_mask": _r(np.mean([preds[i] == "no_mask" for i in inc])) if inc else None,
+            "recall_as_no_mask": _r(np.mean([preds[i] != "mask" for i in inc])) if inc else None,
         }
         out["ms_per_face"] = round(t_cls * 1e3 / max(1, n_cls), 3)
+        if dump:
+            write_dump(dump, rows)
+            out["dump"] = str(dump)
     else:
         out.update({"n": 0, "accuracy": None, "balanced_accuracy": None, "per_class": {}, "no_face": 0})
     return out
@@ -403,8 +522,15 @@ def pool_scene_folds(folds: list[dict]) -> dict:
         raise ValueError(f"need the results of two or more different folds (got folds {specs})")
     if any(f.get("mask_balanced_accuracy") is None for f in folds):
         raise ValueError("a fold result has no mask figures (its model gives no mask output)")
+    label_sets = {tuple(f["per_class"]) for f in folds}
+    if len(label_sets) != 1:
+        raise ValueError(f"the folds' models have different mask labels {sorted(label_sets)}")
+    rules = {json.dumps(f.get("matching", DEFAULT_MATCHING), sort_keys=True) for f in folds}
+    if len(rules) != 1:
+        raise ValueError(f"the folds were matched by different rules {sorted(rules)}")
+    labels = label_sets.pop()
     pooled = {}
-    for lab in TASK_LABELS["mask"]:
+    for lab in labels:
         n = sum(f["per_class"][lab]["n"] for f in folds)
         hits = sum(f["per_class"][lab]["n"] * (f["per_class"][lab]["recall"] or 0) for f in folds)
         pooled[lab] = {"n": n, "recall": _r(hits / n) if n else None}
@@ -415,6 +541,8 @@ def pool_scene_folds(folds: list[dict]) -> dict:
         "command": "folds",
         "how": f"{len(folds)}-fold cross-validation by photo: each fold's model is measured on the photos it "
         "was trained without",
+        "matching": json.loads(rules.pop()),
+        "incorrect_counts_as": "incorrect" if "incorrect" in labels else "no_mask",
         "mask_balanced_accuracy_mean": _r(np.mean([f["mask_balanced_accuracy"] for f in folds])),
         "mask_balanced_accuracy_pooled": _r(np.mean(recalls)) if recalls else None,
         "per_class_pooled": pooled,
@@ -502,6 +630,40 @@ def _with_detector(f):
     return f
 
 
+_dump_opt = click.option(
+    "--dump",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write one JSON line per classified face here (truth, prediction, probabilities).",
+)
+
+
+def matching_options(f):
+    """`--match iou|center` and `--iou X` (for `evaluate scenes`, and `prepare` of a scene set); the
+    command reads them with `resolve_matching(match, iou)`."""
+    f = click.option(
+        "--iou",
+        "iou",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=None,
+        help="--match iou: the least IoU of a match [0.5].",
+    )(f)
+    return click.option(
+        "--match",
+        type=click.Choice(MATCH_RULES),
+        default="iou",
+        show_default=True,
+        help="How detected faces match annotated boxes: iou (IoU >= --iou) or center (the centre of one "
+        "box inside the other: sets with whole-head boxes); one-to-one, highest IoU first.",
+    )(f)
+
+
+def resolve_matching(match: str, iou: float | None) -> tuple[str, float]:
+    if match == "center" and iou is not None:
+        raise click.BadParameter("only with --match iou (center matches by centres)", param_hint="--iou")
+    return match, 0.5 if iou is None else iou
+
+
 @click.group("evaluate")
 def evaluate() -> None:
     """Measure attribute models on labeled crops, whole images, or annotated scenes."""
@@ -518,11 +680,12 @@ def evaluate() -> None:
     help="image: the whole image is the crop; detect: find the face and apply the card's crop rule.",
 )
 @click.option("--fairness", is_flag=True, help="Gender accuracy by UTKFace age band and race (file names).")
+@_dump_opt
 @_with_common
-def crops_cmd(task, data_dir, framing, fairness, model, json_out, limit, update_card, key):
+def crops_cmd(task, data_dir, framing, fairness, dump, model, json_out, limit, update_card, key):
     """Each image of DATA_DIR (class subfolders) is one face crop."""
     _emit(
-        evaluate_crops(data_dir, task, model, framing=framing, limit=limit, fairness=fairness),
+        evaluate_crops(data_dir, task, model, framing=framing, limit=limit, fairness=fairness, dump=dump),
         json_out,
         update_card,
         key,
@@ -536,9 +699,21 @@ def crops_cmd(task, data_dir, framing, fairness, model, json_out, limit, update_
     "--synthetic-mask", is_flag=True, help="Draw a synthetic mask on each face first (gender under masks)."
 )
 @_with_detector
+@_dump_opt
 @_with_common
 def faces_cmd(
-    task, data_dir, synthetic_mask, detector, yunet, single_pass, model, json_out, limit, update_card, key
+    task,
+    data_dir,
+    synthetic_mask,
+    detector,
+    yunet,
+    single_pass,
+    dump,
+    model,
+    json_out,
+    limit,
+    update_card,
+    key,
 ):
     """Each image of DATA_DIR goes through detect -> largest face -> classify; no face counts as an error."""
     r = evaluate_faces(
@@ -550,6 +725,7 @@ def faces_cmd(
         detector=detector,
         yunet=yunet,
         limit=limit,
+        dump=dump,
     )
     _emit(r, json_out, update_card, key)
 
@@ -563,14 +739,32 @@ def faces_cmd(
     metavar="I/K",
     help="Only the photos of fold I of K (held out from training by `prepare --exclude-fold I/K`).",
 )
+@matching_options
 @_with_detector
+@_dump_opt
 @_with_common
-def scenes_cmd(data_dir, score, fold, detector, yunet, single_pass, model, json_out, limit, update_card, key):
+def scenes_cmd(
+    data_dir,
+    score,
+    fold,
+    match,
+    iou,
+    detector,
+    yunet,
+    single_pass,
+    dump,
+    model,
+    json_out,
+    limit,
+    update_card,
+    key,
+):
     """DATA_DIR holds images/ and annotations/ (PASCAL VOC): detection recall/precision and mask accuracy."""
     try:
         fold = parse_fold(fold)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--fold") from None
+    match, iou = resolve_matching(match, iou)
     _emit(
         evaluate_scenes(
             data_dir,
@@ -581,6 +775,9 @@ def scenes_cmd(data_dir, score, fold, detector, yunet, single_pass, model, json_
             score=score,
             thorough=not single_pass,
             fold=fold,
+            match=match,
+            iou_min=iou,
+            dump=dump,
         ),
         json_out,
         update_card,
