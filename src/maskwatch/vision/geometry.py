@@ -81,6 +81,24 @@ def cut(image: np.ndarray, box: Sequence[float], *, border: int | None = None) -
     return cv2.copyMakeBorder(region, cy1 - y1, y2 - cy2, cx1 - x1, x2 - cx2, border)
 
 
+def align_matrix(
+    landmarks: Sequence[Sequence[float]], template: Sequence[Sequence[float]]
+) -> np.ndarray | None:
+    """The 2x3 similarity transform (rotation, uniform scale, shift) taking the 5 `landmarks` (frame pixels)
+    onto `template` (crop pixels), as `align_crop` warps; None if degenerate. Its inverse
+    (`cv2.invertAffineTransform`) maps crop pixels back into the frame."""
+    src = np.asarray(landmarks, dtype=np.float32).reshape(-1, 2)
+    dst = np.asarray(template, dtype=np.float32).reshape(-1, 2)
+    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
+    return m
+
+
+def transform_points(m: np.ndarray, points: Sequence[Sequence[float]]) -> np.ndarray:
+    """Points (N, 2) mapped by a 2x3 affine matrix."""
+    m = np.asarray(m, dtype=np.float64)
+    return np.asarray(points, dtype=np.float64).reshape(-1, 2) @ m[:, :2].T + m[:, 2]
+
+
 def align_crop(
     image: np.ndarray,
     landmarks: Sequence[Sequence[float]],
@@ -88,9 +106,7 @@ def align_crop(
     size: tuple[int, int],
 ) -> np.ndarray | None:
     """Similarity-warp `image` so the 5 `landmarks` land on `template` (output pixels); None if degenerate."""
-    src = np.asarray(landmarks, dtype=np.float32).reshape(-1, 2)
-    dst = np.asarray(template, dtype=np.float32).reshape(-1, 2)
-    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
+    m = align_matrix(landmarks, template)
     if m is None:
         return None
     return cv2.warpAffine(image, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
