@@ -804,3 +804,8 @@ def folds_cmd(fold_results, json_out, update_card, key):
     except (ValueError, KeyError) as exc:
         raise click.UsageError(f"cannot pool {', '.join(fold_results)}: {exc}") from None
     _emit(pooled, json_out, update_card, key)
+
+
+from maskwatch.train.calibrate import calibrate_cmd  # noqa: E402  (torch-free, like this module)
+
+evaluate.add_command(calibrate_cmd)

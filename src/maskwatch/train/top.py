@@ -48,6 +48,11 @@ class TopRecipe:
     # files left out of training and validation (fnmatch on "SET/CLASS/FILE", e.g. "lfw/*/val_*"):
     # kept for cross-dataset figures
     exclude: list[str] = field(default_factory=list)
+    # "I/K": also leave out the crops (set folder `fold_crops`) of the photos of fold I of K of the scene
+    # set `fold_scenes`, the photos `evaluate scenes --fold I/K` measures: cross-validation by photo
+    exclude_fold: str = ""
+    fold_scenes: str = "../shared/data/scenes/dev"
+    fold_crops: str = "scenes"
     from_block: int = 18  # first MobileNetV2 block (features.N) that learns; the ones before stay frozen
     heads_only: bool = False  # the convs from from_block on stay as in the base too: only the heads learn
     mask_labels: tuple[str, ...] = TASK_LABELS["mask"]
@@ -60,7 +65,10 @@ class TopRecipe:
     weight_decay: float = 1e-4
     dropout: float = 0.2
     label_smoothing: float = 0.05
-    patience: int = 4
+    patience: int = 4  # with keep = "best": epochs without a better validation score before stopping
+    # the weights exported: the last epoch's (the default: validation sets are saturated in-domain sets
+    # that cannot tell a better model for faces in the wild) or the best on validation
+    keep: str = "last"
     synthetic_mask: float = 0.3  # gender faces: a properly worn drawn mask (mask head: mask)
     incorrect_mask: float = 0.15  # unmasked faces: a mask drawn below the nose or on the chin (incorrect)
     correct_mask: float = 0.1  # unmasked faces of mask sets: a properly worn drawn mask (mask)
@@ -86,6 +94,8 @@ class TopRecipe:
         for key in ("synthetic_mask", "incorrect_mask", "correct_mask", "low_res", "jpeg", "val_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be best or last, got {self.keep!r}")
         if not 1 <= self.from_block <= 18:
             raise ValueError(f"from_block must be 1..18, got {self.from_block}")
         if self.views < 1 or self.epochs < 1 or self.batch_size < 2:
@@ -488,11 +498,17 @@ def _filter(s: ImageSet, patterns: list[str]) -> ImageSet:
 def load_sets(r: TopRecipe, size: int) -> tuple[list[ImageSet], list[ImageSet]]:
     """(train sets, validation sets): each --data set minus `exclude`; split 80/20 (stratified, seed)
     unless a validation folder of its task is given, the way `maskwatch train` splits."""
-    vals = [_filter(load_folder(v, size), r.exclude) for v in r.val]
+    exclude = list(r.exclude)
+    if r.exclude_fold:
+        from maskwatch.train.data import parse_fold, scene_images
+
+        photos = scene_images(r.fold_scenes, parse_fold(r.exclude_fold))
+        exclude += [f"{r.fold_crops}/*/{p.stem}_*" for p, _ in photos]
+    vals = [_filter(load_folder(v, size), exclude) for v in r.val]
     val_tasks = {v.task for v in vals}
     train_sets, val_sets = [], []
     for d in r.data:
-        s = _filter(load_folder(d, size), r.exclude)
+        s = _filter(load_folder(d, size), exclude)
         if s.task in val_tasks or r.val_fraction == 0:
             train_sets.append(s)
             continue
@@ -500,6 +516,17 @@ def load_sets(r: TopRecipe, size: int) -> tuple[list[ImageSet], list[ImageSet]]:
         train_sets.append(s.subset(ti))
         val_sets.append(s.subset(vi))
     return train_sets, val_sets + vals
+
+
+def _per_set(views: Views, probs: dict, names: list[str]) -> dict:
+    out = {}
+    for si, name in enumerate(names):
+        rows = views.source == si
+        col, h = (1, "gender") if (views.labels[rows, 1] >= 0).any() else (0, "mask")
+        y = views.labels[rows, col]
+        pred = probs[h][rows].argmax(1)
+        out[f"{name}:{h}"] = round(float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)])), 4)
+    return out
 
 
 def _evaluate(top, views: Views, mask_labels) -> dict:
@@ -620,8 +647,10 @@ def run_top(r: TopRecipe) -> dict:
             opt.step()
             sched.step()
             sums.append(float(loss.detach()))
-        val = _evaluate(top, vv, r.mask_labels)["metrics"]
-        score = float(np.mean([v["balanced_accuracy"] for v in val.values()]))
+        ev = _evaluate(top, vv, r.mask_labels)
+        val = ev["metrics"]
+        val["by_set_balanced_accuracy"] = _per_set(vv, ev["probs"], [Path(v.root).name for v in val_sets])
+        score = float(np.mean([val[h]["balanced_accuracy"] for h in ("mask", "gender") if h in val]))
         rec = {
             "epoch": epoch,
             "seconds": round(time.time() - t1, 1),
@@ -637,17 +666,22 @@ def run_top(r: TopRecipe) -> dict:
             torch.save(top.state_dict(), best_path)
         else:
             bad += 1
-            if bad >= r.patience:
+            if bad >= r.patience and r.keep == "best":
                 history["early_stopped_at"] = epoch
                 break
         (out / "history.json").write_text(json.dumps(history, indent=1))
-    top.load_state_dict(torch.load(best_path, weights_only=True))
+    if r.keep == "best":
+        top.load_state_dict(torch.load(best_path, weights_only=True))
     history["best_epoch"] = best_epoch
+    history["kept"] = r.keep
     (out / "history.json").write_text(json.dumps(history, indent=1))
 
     # validation figures and the in-domain fairness table of the kept weights
     ev = _evaluate(top, vv, r.mask_labels)
-    metrics: dict = {"validation": ev["metrics"], "best_epoch": best_epoch}
+    ev["metrics"]["by_set_balanced_accuracy"] = _per_set(
+        vv, ev["probs"], [Path(v.root).name for v in val_sets]
+    )
+    metrics: dict = {"validation": ev["metrics"], "best_epoch": best_epoch, "kept": r.keep}
     fairness = {}
     g = vv.labels[:, 1] >= 0
     if g.any():
@@ -717,3 +751,8 @@ def _counts(labels: list[str]) -> dict[str, int]:
 
 def _jsonable(d):
     return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+from maskwatch.train.recipe import register_kind  # noqa: E402  (recipe imports this module lazily)
+
+register_kind("top", TopRecipe, run_top)
