@@ -406,6 +406,9 @@ def train(task, recipe_file, sets, resume, no_progress, no_export, **options):
     )
 
 
+from maskwatch.train.evaluate import matching_options, resolve_matching  # noqa: E402
+
+
 @click.command("prepare")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
@@ -433,7 +436,8 @@ def train(task, recipe_file, sets, resume, no_progress, no_export, **options):
     help="Scene sets: leave out the photos of fold I of K (the ones `evaluate scenes --fold I/K` uses).",
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
-def prepare(src, out, size, margin, yunet, score, no_fallback, exclude_fold, json_out):
+@matching_options
+def prepare(src, out, size, margin, yunet, score, no_fallback, exclude_fold, json_out, match, iou):
     """Detect faces in the class folders of SRC and write face crops (the model card's crop rule) to OUT.
 
     Reports images with no face or several faces (the largest face is kept). A scene set (SRC/images and
@@ -443,6 +447,7 @@ def prepare(src, out, size, margin, yunet, score, no_fallback, exclude_fold, jso
     from maskwatch.train.data import is_scene_set, parse_fold, prepare_scenes
     from maskwatch.train.data import prepare as _prepare
 
+    match_rule, iou_min = resolve_matching(match, iou)
     if is_scene_set(src):
         try:
             fold = parse_fold(exclude_fold)
@@ -456,6 +461,8 @@ def prepare(src, out, size, margin, yunet, score, no_fallback, exclude_fold, jso
             yunet_path=Path(yunet) if yunet else None,
             score_threshold=0.6 if score is None else score,
             exclude_fold=fold,
+            match=match_rule,
+            iou_min=iou_min,
         )
         if json_out:
             Path(json_out).write_text(json.dumps(rep, indent=1))
