@@ -13,6 +13,23 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def tuple_outputs(model):
+    """`model` (forward -> {head: logits}) as a module returning a tuple in `model.heads` order: the form
+    torch.onnx.export names outputs by."""
+    import torch
+
+    class TupleOutputs(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            o = self.m(x)
+            return tuple(o[h] for h in self.m.heads)
+
+    return TupleOutputs(model)
+
+
 def export_onnx(model, path: str | Path, size: int, opset: int = 17) -> Path:
     """Export `model` (eval mode, CPU, float32) with input `input` (N,3,size,size) and one output per head."""
     import torch
@@ -22,20 +39,11 @@ def export_onnx(model, path: str | Path, size: int, opset: int = 17) -> Path:
     model = model.cpu().float().eval()
     heads = list(model.heads)
 
-    class _Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            o = self.m(x)
-            return tuple(o[h] for h in heads)
-
     x = torch.zeros(1, 3, size, size)
     kwargs = dict(input_names=["input"], output_names=heads, opset_version=opset)
     try:
         torch.onnx.export(
-            _Wrap(model),
+            tuple_outputs(model),
             (x,),
             str(path),
             dynamic_axes={"input": {0: "batch"}, **{h: {0: "batch"} for h in heads}},
@@ -46,7 +54,7 @@ def export_onnx(model, path: str | Path, size: int, opset: int = 17) -> Path:
         log.info("legacy ONNX export failed (%s); using dynamo export", e)
         batch = torch.export.Dim("batch", min=1, max=1024)
         torch.onnx.export(
-            _Wrap(model),
+            tuple_outputs(model),
             (x,),
             str(path),
             dynamo=True,

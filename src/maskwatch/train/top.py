@@ -295,23 +295,15 @@ def export_joined(base_onnx: str | Path, cut: str, top, out_path: str | Path, ch
     import torch
     from onnx import compose
 
+    from maskwatch.train.export import tuple_outputs
+
     top = top.cpu().eval()
     heads = list(top.heads)
-
-    class _Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            o = self.m(x)
-            return tuple(o[h] for h in heads)
-
     side = 4
     with tempfile.TemporaryDirectory() as tmp:
         tail_path = Path(tmp) / "top.onnx"
         torch.onnx.export(
-            _Wrap(top),
+            tuple_outputs(top),
             (torch.zeros(1, channels, side, side),),
             str(tail_path),
             input_names=["top_in"],
