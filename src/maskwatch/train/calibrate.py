@@ -129,7 +129,7 @@ def calibrate(sets: Sequence[Scored], target: float, max_uncertain: float) -> di
         "sets": [s.name for s in sets],
         "shipped": shipped,
         "leave_one_set_out": per_set,
-        "curve": [r for r in curve(sets) if round(r["threshold"] * 100) % 5 == 0],
+        "curve": [r for r in curve(sets) if abs(r["threshold"] * 20 - round(r["threshold"] * 20)) < 1e-6],
     }
 
 
