@@ -70,6 +70,8 @@ def test_cli_updates_card(tmp_path):
     out = json.loads(r.output)
     assert c["outputs"]["gender"]["uncertain_threshold"] == out["shipped"]["threshold"]
     assert c["metrics"]["calibration_gender"]["curve"][0]["threshold"] == 0.5
+    by_source = c["fairness"]["gender"]["by_source"]
+    assert set(by_source) == {"a", "b"} and set(by_source["a"]["recall_argmax"]) == {"man", "woman"}
     r = CliRunner().invoke(calibrate_cmd, [*dumps, "--task", "mask", "--update-card", str(card)])
     assert r.exit_code != 0 and "no mask output" in r.output
 

@@ -36,12 +36,18 @@ class Scored:
     name: str
     confidence: np.ndarray
     correct: np.ndarray
+    truth: np.ndarray | None = None  # labels, for per-class recall
+
+    def recalls(self) -> dict[str, float]:
+        if self.truth is None:
+            return {}
+        return {str(c): round(float(self.correct[self.truth == c].mean()), 4) for c in np.unique(self.truth)}
 
 
 def read_dumps(paths: Sequence[str | Path], task: str) -> list[Scored]:
     """Faces of the dumps grouped by set. A two-label mask model's dump scores `incorrect` truth as
     `no_mask` (how such models learnt it); faces without a detection (no probabilities) are skipped."""
-    by_set: dict[str, tuple[list[float], list[bool]]] = {}
+    by_set: dict[str, tuple[list[float], list[bool], list[str]]] = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
             if not line.strip():
@@ -54,12 +60,16 @@ def read_dumps(paths: Sequence[str | Path], task: str) -> list[Scored]:
             if truth not in probs and task == "mask" and truth == "incorrect":
                 truth = "no_mask"
             top = max(probs, key=probs.get)
-            conf, ok = by_set.setdefault(str(row.get("set") or Path(path).stem), ([], []))
+            conf, ok, truths = by_set.setdefault(str(row.get("set") or Path(path).stem), ([], [], []))
             conf.append(float(probs[top]))
             ok.append(top == truth)
+            truths.append(truth)
     if not by_set:
         raise click.UsageError("no faces with probabilities in the dumps")
-    return [Scored(k, np.asarray(c), np.asarray(o, bool)) for k, (c, o) in sorted(by_set.items())]
+    return [
+        Scored(k, np.asarray(c), np.asarray(o, bool), np.asarray(t))
+        for k, (c, o, t) in sorted(by_set.items())
+    ]
 
 
 def coverage_accuracy(
@@ -118,6 +128,10 @@ def calibrate(sets: Sequence[Scored], target: float, max_uncertain: float) -> di
         per_set[s.name] = {
             "n": int(len(s.correct)),
             "accuracy_argmax": round(float(s.correct.mean()), 4),
+            "recall_argmax": s.recalls(),
+            "balanced_accuracy_argmax": round(float(np.mean(list(s.recalls().values()))), 4)
+            if s.recalls()
+            else None,
             "threshold_from_other_sets": t,
             "uncertain_share": round(1 - cov, 4),
             "accuracy_when_answering": acc,
@@ -164,5 +178,10 @@ def calibrate_cmd(dumps, task, target, max_uncertain, json_out, update_card):
             raise click.UsageError(f"{card_path} has no {task} output")
         card["outputs"][task]["uncertain_threshold"] = result["shipped"]["threshold"]
         card.setdefault("metrics", {})[f"calibration_{task}"] = result
+        by_source = {
+            k: {x: v[x] for x in ("n", "accuracy_argmax", "balanced_accuracy_argmax", "recall_argmax")}
+            for k, v in result["leave_one_set_out"].items()
+        }
+        card.setdefault("fairness", {}).setdefault(task, {})["by_source"] = by_source
         card_path.write_text(json.dumps(card, indent=1) + "\n")
     click.echo(text)

@@ -340,9 +340,13 @@ class Views:
 def _balance_weights(
     labels: np.ndarray, source: np.ndarray, files: list[str], r: TopRecipe, factors
 ) -> np.ndarray:
-    """Per image: mask images and gender images get half the draws each; inside gender each source the
-    same share, inside a source each (age band, gender) cell (or each gender) the same share; inside mask
-    each class the same share (by source equally). `factors`: per-image oversampling."""
+    """Per view: mask sets and gender sets get half the draws each, each source inside them the same share.
+    Inside a gender source each (age band, gender) cell (or each gender) weighs the same; inside a mask
+    source masked and unmasked faces (by the image's folder) weigh the same, so masks drawn on the views
+    (`incorrect` below the nose, or `mask`) come at the rate they are drawn, and real `incorrect` faces
+    (unmasked for this purpose) at the rate `oversample` gives them. `factors`: per-view oversampling."""
+    from maskwatch.train.data import canonical_label
+
     n = len(labels)
     w = np.zeros(n)
     is_gender = labels[:, 1] >= 0
@@ -360,7 +364,9 @@ def _balance_weights(
                 else:
                     cell = labels[rows, 1]
             else:
-                cell = labels[rows, col]
+                cell = np.array(
+                    [canonical_label(Path(files[i]).parent.name) == "mask" for i in np.flatnonzero(rows)]
+                )
             idx = np.flatnonzero(rows)
             cells = np.unique(cell)
             for c in cells:
