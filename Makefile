@@ -114,6 +114,8 @@ evaluate: $(VENV)/.dev $(HELDOUT)/lfw_val
 	  $(BIN)/maskwatch evaluate faces --task gender $$s --yunet $(YUNET) \
 	      --update-card $(MODEL)/attributes.json --key $$(basename $$s)_faces > /dev/null || exit 1; \
 	done
+	$(BIN)/maskwatch evaluate crops --task gender $(CROPS)/utkface_extra --fairness \
+	    --update-card $(MODEL)/attributes.json --key utkface_extra_crops
 	$(BIN)/maskwatch evaluate faces --task gender $(SHARED)/data/gender/balajisrinivas --yunet $(YUNET) \
 	    --synthetic-mask --update-card $(MODEL)/attributes.json --key balajisrinivas_faces_synthetic_mask
 	$(BIN)/maskwatch evaluate scenes $(SHARED)/data/scenes/dev --yunet $(YUNET) \

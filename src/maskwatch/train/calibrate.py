@@ -2,14 +2,15 @@
 
 Reads per-face dumps of `evaluate crops|faces|scenes --dump` (one JSON line per face with `truth`,
 `probs` {label: probability} and `set`), made with sets the model never trained on. A face is answered
-when its top probability reaches the threshold, else it is `uncertain`. Every set weighs the same.
+when its top probability reaches the threshold, else it is `uncertain`.
 
 The threshold is the lowest one at which the answered faces of every set are right at least `target` of
 the time (the worst set decides: faces in the wild resemble the hardest development set more than the
 average), unless that leaves more than `max_uncertain` of some set's faces unanswered; then it is the
-highest one that leaves no set more than that share. Figures are leave-one-set-out: each set is scored with the threshold chosen on the
-other sets, so no reported figure comes from a threshold tuned on the faces it scores. The shipped
-threshold is chosen on all sets together; the card gets it and the coverage/accuracy curve.
+highest one that leaves no set more than that share. Figures are leave-one-set-out: each set is scored
+with the threshold chosen on the other sets, so no reported figure comes from a threshold tuned on the
+faces it scores. The shipped threshold is chosen on all sets together; the card gets it and the
+coverage/accuracy curve.
 
 Example:
     >>> conf = np.array([0.99, 0.9, 0.6, 0.95]); ok = np.array([True, True, False, True])
