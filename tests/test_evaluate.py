@@ -376,3 +376,27 @@ def test_faces_three_labels_and_dump(tmp_path, monkeypatch):
     assert r["per_class"]["incorrect"] == {"n": 2, "recall": 1.0}
     rows = [json.loads(line) for line in dump.read_text().splitlines()]
     assert len(rows) == 5 and all(row["pred"] == row["truth"] for row in rows)  # no line for no face
+
+
+def test_update_card_fairness_goes_beside_the_training_table(tmp_path, bundled):
+    import shutil
+
+    import cv2
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "utk"
+    for gi, g in enumerate(("man", "woman")):
+        (data / g).mkdir(parents=True)
+        for i in range(12):
+            img = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
+            cv2.imwrite(str(data / g / f"{5 + 10 * i}_{gi}_{i % 5}_2017.jpg"), img)
+    model = tmp_path / "model"
+    shutil.copytree(bundled, model)
+    card = model / "attributes.json"
+    before = json.loads(card.read_text())["fairness"]["gender"]
+    args = ["crops", "--task", "gender", str(data), "--fairness", "--model", str(model)]
+    res = CliRunner().invoke(E.evaluate, [*args, "--update-card", str(card), "--key", "utk_extra"])
+    assert res.exit_code == 0, res.output
+    fairness = json.loads(card.read_text())["fairness"]
+    assert fairness["gender"] == before  # the training's own table stays
+    assert fairness["gender:utk_extra"]["n"] == 24 and "0-12" in fairness["gender:utk_extra"]["by_age"]

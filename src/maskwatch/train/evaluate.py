@@ -571,8 +571,9 @@ def _emit(result: dict, json_out: str | None, update_card: str | None, key: str 
         card = json.loads(card_path.read_text())
         slim = {k: v for k, v in result.items() if k not in ("fairness",)}
         card.setdefault("metrics", {})[key or result["command"]] = slim
-        if result.get("fairness"):
-            card.setdefault("fairness", {})["gender"] = {"set": result.get("data"), **result["fairness"]}
+        if result.get("fairness"):  # beside the training's own table (fairness.gender), under the key
+            fkey = f"gender:{key}" if key else "gender"
+            card.setdefault("fairness", {})[fkey] = {"set": result.get("data"), **result["fairness"]}
         card_path.write_text(json.dumps(card, indent=2) + "\n")
 
 
