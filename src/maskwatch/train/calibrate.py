@@ -188,5 +188,5 @@ def calibrate_cmd(dumps, task, target, max_uncertain, json_out, update_card):
             for k, v in result["leave_one_set_out"].items()
         }
         card.setdefault("fairness", {}).setdefault(task, {})["by_source"] = by_source
-        card_path.write_text(json.dumps(card, indent=1) + "\n")
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
     click.echo(text)
