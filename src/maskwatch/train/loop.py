@@ -159,13 +159,20 @@ def sample_weights(split: Split, primary: np.ndarray | None = None) -> np.ndarra
 
 
 # -------------------------------------------------------------------------------------- augmentation
-def _landmarks_or_default(lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def landmarks_or_default(lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A crop's landmarks (units of its side), or the typical ones jittered where unknown."""
     if np.isnan(lm).any():
         from maskwatch.train.data import DEFAULT_LANDMARKS
 
         return DEFAULT_LANDMARKS + rng.normal(0, 0.015, (5, 2))
     return lm
+
+
+def jpeg_noise(image_rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`image_rgb` re-encoded as JPEG at a random quality 25-84 (compression artefacts of cameras)."""
+    q = int(rng.integers(25, 85))
+    ok, enc = cv2.imencode(".jpg", image_rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+    return cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1] if ok else image_rgb
 
 
 def cpu_augment(
@@ -185,7 +192,7 @@ def cpu_augment(
     side = batch.shape[1]
     for i in range(len(batch)):
         if cfg.synthetic_mask > 0 and may_synth[i] and rng.random() < cfg.synthetic_mask:
-            out[i] = draw_mask(out[i], _landmarks_or_default(landmarks[i], rng) * side, rng)
+            out[i] = draw_mask(out[i], landmarks_or_default(landmarks[i], rng) * side, rng)
             drawn[i] = "mask"
         elif cfg.augment and may_occlude is not None and may_occlude[i]:
             r = rng.random()
@@ -193,15 +200,12 @@ def cpu_augment(
                 # worn wrongly (incorrect) or, as often, worn properly (mask): the same drawn masks on
                 # both sides, so the model learns where a mask sits, not what a drawn one looks like
                 worn = "correct" if r >= cfg.incorrect_mask_p else str(rng.choice(["below_nose", "chin"]))
-                out[i] = draw_mask(out[i], _landmarks_or_default(landmarks[i], rng) * side, rng, worn=worn)
+                out[i] = draw_mask(out[i], landmarks_or_default(landmarks[i], rng) * side, rng, worn=worn)
                 drawn[i] = "mask" if worn == "correct" else "incorrect"
             elif len(batch) > 1 and r < 2 * cfg.incorrect_mask_p + cfg.occlusion_p:
                 out[i] = occlude(out[i], batch[(i + 1 + rng.integers(len(batch) - 1)) % len(batch)], rng)
         if cfg.augment and rng.random() < cfg.jpeg_p:
-            q = int(rng.integers(25, 85))
-            ok, enc = cv2.imencode(".jpg", out[i][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
-            if ok:
-                out[i] = cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1]
+            out[i] = jpeg_noise(out[i], rng)
     return out, drawn
 
 

@@ -377,8 +377,6 @@ def _balance_weights(
 
 
 def _views_key(s: ImageSet, r: TopRecipe, base_sha: str, cut: str, train: bool) -> str:
-    import hashlib
-
     aug = {
         k: getattr(r, k)
         for k in ("views", "synthetic_mask", "incorrect_mask", "correct_mask", "low_res", "jpeg", "seed")
@@ -399,29 +397,30 @@ def make_views(
         path = None if cache is None else cache / f"views-{_views_key(s, r, base_sha, cut, train)}.npz"
         if path is not None and path.is_file():
             z = np.load(path)
-            v = Views(z["x"], z["labels"], z["image"], z["source"])
+            x, labels, image = z["x"], z["labels"], z["image"]
         else:
             t0 = time.time()
-            v = _set_views(s, session, cut, r, train)
-            log.warning("views of %s: %d (%.0f s)", s.root, len(v.x), time.time() - t0)
+            x, labels, image = _set_views(s, session, cut, r, train)
+            log.warning("views of %s: %d (%.0f s)", s.root, len(x), time.time() - t0)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(path, x=v.x, labels=v.labels, image=v.image, source=v.source)
-        parts.append(Views(v.x, v.labels, v.image, np.full(len(v.x), si)))
+                np.savez(path, x=x, labels=labels, image=image)
+        parts.append(Views(x, labels, image, np.full(len(x), si)))
     return Views(
         *(np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "labels", "image", "source"))
     )
 
 
-def _set_views(s: ImageSet, session, cut: str, r: TopRecipe, train: bool) -> Views:
-    """Augment one set (train: `views` versions of each image; else one plain view), run the trunk."""
+def _set_views(
+    s: ImageSet, session, cut: str, r: TopRecipe, train: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augment one set (train: `views` versions of each image; else one plain view), run the trunk.
+    Returns the trunk features, labels and image index of each view (see `Views`)."""
     import zlib
 
-    import cv2
     import torch
 
-    from maskwatch.train.data import DEFAULT_LANDMARKS
-    from maskwatch.train.loop import TrainConfig, gpu_augment
+    from maskwatch.train.loop import TrainConfig, gpu_augment, jpeg_noise, landmarks_or_default
     from maskwatch.train.nets import IMAGENET_MEAN, IMAGENET_STD
     from maskwatch.train.synth import draw_mask, occlude
 
@@ -446,9 +445,7 @@ def _set_views(s: ImageSet, session, cut: str, r: TopRecipe, train: bool) -> Vie
             if train and v > 0:
                 side = batch.shape[1]
                 for j, i in enumerate(idx):
-                    lm = s.landmarks[i]
-                    if np.isnan(lm).any():
-                        lm = DEFAULT_LANDMARKS + rng.normal(0, 0.015, (5, 2))
+                    lm = landmarks_or_default(s.landmarks[i], rng)
                     unmasked = lab[j, 0] == mask_idx["no_mask"]
                     u = rng.random()
                     p_correct = r.synthetic_mask if task == "gender" else r.correct_mask
@@ -462,10 +459,7 @@ def _set_views(s: ImageSet, session, cut: str, r: TopRecipe, train: bool) -> Vie
                     elif unmasked and task == "mask" and u < r.incorrect_mask + p_correct + 0.1:
                         batch[j] = occlude(batch[j], batch[(j + 1) % len(batch)], rng)  # stays no_mask
                     if rng.random() < r.jpeg:
-                        q = int(rng.integers(25, 85))
-                        ok, enc = cv2.imencode(".jpg", batch[j][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
-                        if ok:
-                            batch[j] = cv2.imdecode(enc, cv2.IMREAD_COLOR)[..., ::-1]
+                        batch[j] = jpeg_noise(batch[j], rng)
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
             if train and v > 0:
                 x = gpu_augment(x, cfg, batch.shape[1], True, gen)
@@ -476,7 +470,7 @@ def _set_views(s: ImageSet, session, cut: str, r: TopRecipe, train: bool) -> Vie
             feats.append(session.run([cut], {"input": x})[0].astype(np.float16))
             labs.append(lab)
             imgs.append(idx)
-    return Views(np.concatenate(feats), np.concatenate(labs), np.concatenate(imgs), np.zeros(0, np.int64))
+    return np.concatenate(feats), np.concatenate(labs), np.concatenate(imgs)
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -516,6 +510,11 @@ def load_sets(r: TopRecipe, size: int) -> tuple[list[ImageSet], list[ImageSet]]:
     return train_sets, val_sets + vals
 
 
+def _balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean recall over the classes present in `truth`."""
+    return round(float(np.mean([(pred[truth == c] == c).mean() for c in np.unique(truth)])), 4)
+
+
 def _per_set(views: Views, probs: dict, names: list[str]) -> dict:
     out = {}
     for si, name in enumerate(names):
@@ -523,11 +522,11 @@ def _per_set(views: Views, probs: dict, names: list[str]) -> dict:
         col, h = (1, "gender") if (views.labels[rows, 1] >= 0).any() else (0, "mask")
         y = views.labels[rows, col]
         pred = probs[h][rows].argmax(1)
-        out[f"{name}:{h}"] = round(float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)])), 4)
+        out[f"{name}:{h}"] = _balanced_accuracy(pred, y)
     return out
 
 
-def _evaluate(top, views: Views, mask_labels) -> dict:
+def _evaluate(top, views: Views) -> dict:
     import torch
 
     top.eval()
@@ -552,9 +551,7 @@ def _evaluate(top, views: Views, mask_labels) -> dict:
         out[h] = {
             "n": int(known.sum()),
             "accuracy": round(float((pred == yk).mean()), 4),
-            "balanced_accuracy": round(
-                float(np.mean([(pred[yk == c] == c).mean() for c in np.unique(yk)])), 4
-            ),
+            "balanced_accuracy": _balanced_accuracy(pred, yk),
             "loss": round(float(-np.log(np.clip(p[np.arange(len(yk)), yk], 1e-7, 1)).mean()), 4),
         }
     return {"metrics": out, "probs": probs}
@@ -599,6 +596,7 @@ def run_top(r: TopRecipe) -> dict:
     )
     weights = _balance_weights(tv.labels, tv.source, files_tr, r, fac)
     log.warning("train views %d, val views %d (%.0f s)", len(tv.x), len(vv.x), t_views)
+    val_names = [Path(v.root).name for v in val_sets]
 
     top = build_top(spec, r.mask_labels, r.dropout)
     if r.heads_only:  # features through the frozen convs once; only the heads train on them
@@ -616,7 +614,7 @@ def run_top(r: TopRecipe) -> dict:
         ),
     )
     history = {"recipe": _jsonable(asdict(r)), "epochs": [], "views_seconds": round(t_views, 1)}
-    history["epochs"].append({"epoch": 0, "val": _evaluate(top, vv, r.mask_labels)["metrics"]})
+    history["epochs"].append({"epoch": 0, "val": _evaluate(top, vv)["metrics"]})
     log.warning("epoch 0 (base weights): %s", history["epochs"][0]["val"])
     best_score, best_epoch, bad = -1.0, 0, 0
     best_path = out / "top_best.pt"
@@ -645,9 +643,9 @@ def run_top(r: TopRecipe) -> dict:
             opt.step()
             sched.step()
             sums.append(float(loss.detach()))
-        ev = _evaluate(top, vv, r.mask_labels)
+        ev = _evaluate(top, vv)
         val = ev["metrics"]
-        val["by_set_balanced_accuracy"] = _per_set(vv, ev["probs"], [Path(v.root).name for v in val_sets])
+        val["by_set_balanced_accuracy"] = _per_set(vv, ev["probs"], val_names)
         score = float(np.mean([val[h]["balanced_accuracy"] for h in ("mask", "gender") if h in val]))
         rec = {
             "epoch": epoch,
@@ -675,10 +673,8 @@ def run_top(r: TopRecipe) -> dict:
     (out / "history.json").write_text(json.dumps(history, indent=1))
 
     # validation figures and the in-domain fairness table of the kept weights
-    ev = _evaluate(top, vv, r.mask_labels)
-    ev["metrics"]["by_set_balanced_accuracy"] = _per_set(
-        vv, ev["probs"], [Path(v.root).name for v in val_sets]
-    )
+    ev = _evaluate(top, vv)
+    ev["metrics"]["by_set_balanced_accuracy"] = _per_set(vv, ev["probs"], val_names)
     metrics: dict = {"validation": ev["metrics"], "best_epoch": best_epoch, "kept": r.keep}
     fairness = {}
     g = vv.labels[:, 1] >= 0
