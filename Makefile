@@ -26,12 +26,12 @@ run: $(VENV)/.runtime
 	$(BIN)/maskwatch serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests tools
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff format --check src tests tools
 
 # Development figures on ../shared (read by path, never copied into the repo).
 SHARED ?= ../shared

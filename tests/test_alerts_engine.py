@@ -235,7 +235,7 @@ def test_observe_never_raises(tmp_path):
 
 def test_simulation_small_no_loss_no_duplicates(tmp_path):
     pytest.importorskip("aiosmtpd")
-    from maskwatch.alerts.simulate import simulate_sightings
+    from simulate_alerts import simulate_sightings
 
     out = simulate_sightings(
         people=8, sightings=1200, seconds=120, workdir=tmp_path, max_emails_per_hour=1000
@@ -246,19 +246,16 @@ def test_simulation_small_no_loss_no_duplicates(tmp_path):
     assert out["lost"] == 0 and out["duplicates"] == 0
 
 
-def test_simulate_command_leaves_no_files_behind(tmp_path, monkeypatch):
+def test_simulate_tool_leaves_no_files_behind(tmp_path, monkeypatch, capsys):
     pytest.importorskip("aiosmtpd")
     import json
     import tempfile
 
-    from click.testing import CliRunner
-
-    from maskwatch.alerts.cli import alerts
+    from simulate_alerts import main
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    res = CliRunner().invoke(alerts, ["simulate", "--people", "3", "--sightings", "200", "--minutes", "1"])
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["lost"] == 0
+    out = main(["--people", "3", "--sightings", "200", "--minutes", "1"])
+    assert out["lost"] == 0 and json.loads(capsys.readouterr().out) == out
     assert list(tmp_path.iterdir()) == []  # the run's databases went with its temporary folder
 
 

@@ -19,10 +19,11 @@ pytest.importorskip("aiosmtpd")
 
 from maskwatch.alerts import AlertEngine, MailError, MailWorker, send_test_email  # noqa: E402
 from maskwatch.alerts.cli import alerts, events, users  # noqa: E402
-from maskwatch.alerts.simulate import SmtpSink, free_port, video_results  # noqa: E402
 from maskwatch.config import Settings  # noqa: E402
 from maskwatch.store import MailDraft, Store  # noqa: E402
 from maskwatch.types import Attribute, FrameResult  # noqa: E402
+from simulate_alerts import video_results  # noqa: E402
+from smtp_sink import SmtpSink, free_port  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from maskwatch.alerts.simulate import free_port
 from maskwatch.store import MailDraft, Store
 from maskwatch.types import Attribute, Face, FrameResult
+from smtp_sink import free_port
 
 pytest.importorskip("psycopg")
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
-import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +49,7 @@ def _when(value: str | None) -> datetime | None:
 
 @click.group()
 def alerts() -> None:
-    """Alert emails: test the SMTP settings, look at the outbox, simulate load."""
+    """Alert emails: test the SMTP settings, look at the outbox, send what is due."""
 
 
 @alerts.command("test-email")
@@ -103,55 +101,6 @@ def send(config_file: Path | None) -> None:
     click.echo(f"{n} email(s) sent")
     if worker.health["mail_error"]:
         raise click.ClickException(worker.health["mail_error"])
-
-
-@alerts.command("simulate")
-@click.option("--people", default=50, show_default=True)
-@click.option("--sightings", default=10_000, show_default=True)
-@click.option("--minutes", default=10.0, show_default=True, help="Video time.")
-@click.option("--seed", default=1, show_default=True)
-@click.option("--cap", default=10_000, show_default=True, help="max_emails_per_hour for the run.")
-@click.option(
-    "--outage/--no-outage",
-    default=True,
-    show_default=True,
-    help="Kill the SMTP server from 30% to 60% of the run.",
-)
-@click.option(
-    "--restart/--no-restart",
-    default=True,
-    show_default=True,
-    help="Replace the store and mail worker halfway (a restart of the mail side).",
-)
-@click.option(
-    "--video",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Also measure frame time alerts off vs on on this video (needs --yunet).",
-)
-@click.option("--yunet", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--frames", default=200, show_default=True, help="Frames per pass for the frame-time bench.")
-def simulate(people, sightings, minutes, seed, cap, outage, restart, video, yunet, frames) -> None:
-    """Simulated no-mask sightings through the real alert path and a local SMTP server (needs aiosmtpd):
-    expected emails vs received, lost, duplicates. Prints JSON."""
-    from maskwatch.alerts.simulate import bench_frame_time, simulate_sightings
-
-    if video and not yunet:
-        raise click.UsageError("--video needs --yunet PATH (the YuNet ONNX file)")
-    with tempfile.TemporaryDirectory(prefix="maskwatch-sim-") as workdir:  # databases of the runs
-        out = simulate_sightings(
-            people=people,
-            sightings=sightings,
-            seconds=minutes * 60,
-            seed=seed,
-            max_emails_per_hour=cap,
-            outage=(0.3, 0.6) if outage else None,
-            restart_at=0.5 if restart else None,
-            workdir=Path(workdir) / "sightings",
-        )
-        if video:
-            frame_time = bench_frame_time(video, yunet, frames=frames, workdir=Path(workdir) / "bench")
-            out = {"sightings": out, "frame_time": frame_time}
-    click.echo(json.dumps(out, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------- events

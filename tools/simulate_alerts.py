@@ -1,7 +1,11 @@
-"""Load simulation and measurements for the alert path (used by `maskwatch alerts simulate` and tests).
+"""Alert-path load simulation (a development tool; needs the dev extra for aiosmtpd).
 
-- `SmtpSink`: a real SMTP server on 127.0.0.1 (aiosmtpd, a development dependency) that keeps what it
-  receives; optional AUTH and STARTTLS / SSL.
+    python tools/simulate_alerts.py [--people 50 --sightings 10000 --minutes 10 --cap N
+                                     --no-outage --no-restart] [--video CLIP.mp4 --yunet YUNET.onnx]
+
+prints JSON figures: expected emails vs received, lost, duplicates (and, with --video, the video-loop
+frame time with alerts off vs on).
+
 - `simulate_sightings`: N people walking in and out of a camera without masks for a stretch of video
   time; checks every expected alert arrives by email exactly once, through an SMTP outage and a restart.
 - `video_results`: real frames of a video with YuNet detections and an IoU tracker, every face labelled
@@ -11,120 +15,24 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import random
-import socket
-import ssl
-import threading
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 
 import numpy as np
 
 from maskwatch.config import Settings
 from maskwatch.types import Attribute, Face, FrameResult
+from smtp_sink import SmtpSink
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SmtpSink:
-    """A real SMTP server on 127.0.0.1 keeping received messages in `.messages`.
-
-    `users` {name: password} turns on AUTH; `tls` = (certfile, keyfile) with `mode` "starttls" or "ssl"
-    (with "ssl", AUTH is offered without the STARTTLS check: aiosmtpd does not see implicit TLS).
-    """
-
-    def __init__(
-        self, port: int | None = None, *, users: dict[str, str] | None = None, tls=None, mode="none"
-    ):
-        self.port = port or free_port()
-        self.users = users
-        self.tls, self.mode = tls, mode
-        self.messages: list[EmailMessage] = []
-        self.drop_after_data = 0  # close the connection after receiving this many next messages
-        self.reject: set[str] = set()  # recipient addresses answered with 550
-        self.envelopes: list[tuple[str, list[str]]] = []
-        self._controller = None
-        self._lock = threading.Lock()
-
-    def start(self) -> SmtpSink:
-        from aiosmtpd.controller import Controller
-        from aiosmtpd.smtp import AuthResult
-
-        sink = self
-
-        class Handler:
-            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-                if address in sink.reject:
-                    return "550 5.1.1 no such user"
-                envelope.rcpt_tos.append(address)
-                return "250 OK"
-
-            async def handle_DATA(self, server, session, envelope):
-                msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
-                with sink._lock:
-                    sink.messages.append(msg)
-                    sink.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-                    drop = sink.drop_after_data > 0
-                    sink.drop_after_data -= drop
-                if drop:  # kept the message but the client never hears "250": the duplicate trap
-                    server.transport.close()
-                    return "421 closing"
-                return "250 OK"
-
-        def authenticator(server, session, envelope, mechanism, auth_data):
-            ok = (
-                sink.users is not None
-                and hasattr(auth_data, "login")
-                and sink.users.get(auth_data.login.decode()) == auth_data.password.decode()
-            )
-            return AuthResult(success=ok, handled=False)
-
-        kwargs: dict = {}
-        if self.users is not None:
-            kwargs.update(
-                authenticator=authenticator, auth_required=True, auth_require_tls=self.mode == "starttls"
-            )
-        if self.tls:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(*self.tls)
-            if self.mode == "ssl":
-                kwargs["ssl_context"] = ctx
-            else:
-                kwargs.update(tls_context=ctx, require_starttls=True)
-        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **kwargs)
-        self._controller.start()
-        return self
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-    def wait_for(self, n: int, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.messages) >= n:
-                return True
-            time.sleep(0.02)
-        return len(self.messages) >= n
-
-    def __enter__(self) -> SmtpSink:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------------- sightings simulation
@@ -456,3 +364,52 @@ def bench_frame_time(video: Path, yunet: Path, *, workdir: Path, frames: int = 2
         "observe_ms_p95": round(float(np.percentile(observe, 95)), 3),
         "observe_ms_max": round(float(np.max(observe)), 3),
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--people", type=int, default=50)
+    ap.add_argument("--sightings", type=int, default=10_000)
+    ap.add_argument("--minutes", type=float, default=10.0, help="video time (default 10)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cap", type=int, default=10_000, help="max_emails_per_hour for the run")
+    ap.add_argument(
+        "--outage",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="kill the SMTP server from 30%% to 60%% of the run (default on)",
+    )
+    ap.add_argument(
+        "--restart",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replace the store and mail worker halfway, a restart of the mail side (default on)",
+    )
+    ap.add_argument("--video", type=Path, help="also measure frame time alerts off vs on (needs --yunet)")
+    ap.add_argument("--yunet", type=Path, help="the YuNet ONNX file")
+    ap.add_argument("--frames", type=int, default=200, help="frames per pass for the frame-time bench")
+    args = ap.parse_args(argv)
+    if args.video and not args.yunet:
+        ap.error("--video needs --yunet PATH (the YuNet ONNX file)")
+    with tempfile.TemporaryDirectory(prefix="maskwatch-sim-") as workdir:  # databases of the runs
+        out: dict = simulate_sightings(
+            people=args.people,
+            sightings=args.sightings,
+            seconds=args.minutes * 60,
+            seed=args.seed,
+            max_emails_per_hour=args.cap,
+            outage=(0.3, 0.6) if args.outage else None,
+            restart_at=0.5 if args.restart else None,
+            workdir=Path(workdir) / "sightings",
+        )
+        if args.video:
+            frame_time = bench_frame_time(
+                args.video, args.yunet, frames=args.frames, workdir=Path(workdir) / "bench"
+            )
+            out = {"sightings": out, "frame_time": frame_time}
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Web speed benchmark: `python -m maskwatch.web.bench [VIDEO] [--json OUT]`.
+"""Web speed benchmark (a development tool): `python tools/web_bench.py [VIDEO] [--json OUT]`.
 
 Starts `maskwatch serve` on a free loopback port (temporary data directory, one admin), then measures:
 
@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from smtp_sink import free_port
 
 DEFAULT_VIDEO = "../shared/data/videos/Gituatu_face-mask-detection__video.mp4"
 USER, PASSWORD = "bench", "bench-password-123"
@@ -68,12 +69,6 @@ def load_frames(video: Path, limit: int = 300) -> tuple[list[np.ndarray], float]
     return frames, fps
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`maskwatch serve` in a subprocess, with a user created beforehand."""
 
@@ -81,7 +76,7 @@ class Server:
         from maskwatch.config import load_settings
         from maskwatch.store import Store
 
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **env, "MASKWATCH_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
         full_env.pop("MASKWATCH_CONFIG", None)
