@@ -72,6 +72,7 @@ def test_real_mp4(shared_data):
     [
         (lambda d: d / "missing.mp4", "no such file"),
         (lambda d: (d / "bad.jpg").write_bytes(b"garbage") and d / "bad.jpg", "cannot decode image"),
+        (lambda d: (d / "empty.jpg").touch() or d / "empty.jpg", "cannot decode image"),
         (lambda d: (d / "bad.mp4").write_bytes(b"garbage" * 100) and d / "bad.mp4", "cannot open video"),
         (lambda d: (d / "empty").mkdir() or d / "empty", "no images"),
         (lambda d: "rtsp://127.0.0.1:9/x", "cannot open stream"),

@@ -16,6 +16,7 @@ frame time with alerts off vs on).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import random
@@ -29,7 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from maskwatch.config import Settings
+from maskwatch.sources import open_source
 from maskwatch.types import Attribute, Face, FrameResult
+from maskwatch.vision.detect import YuNetDetector
+from maskwatch.vision.track import IouTracker
 from smtp_sink import SmtpSink
 
 log = logging.getLogger(__name__)
@@ -236,51 +240,24 @@ def simulate_sightings(
 # -------------------------------------------------------------------------------------- real video
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-class YunetTracker:
-    """YuNet faces + a greedy IoU tracker; every face gets the one given mask label (a stand-in for the
-    classifier on clips whose ground truth is known)."""
+class LabelledTracker:
+    """The app's YuNet detector (at the frame's native size) and IoU tracker; every face gets the one
+    given mask label (a stand-in for the classifier on clips whose ground truth is known)."""
 
     def __init__(
         self, yunet: Path, *, mask: Attribute = Attribute("no_mask", 0.95), score_threshold: float = 0.6
     ):
-        self.yunet, self.mask, self.score_threshold = yunet, mask, score_threshold
-        self._det = None
-        self._size = None
-        self._tracks: dict[int, tuple[float, ...]] = {}
-        self._next_id = 1
+        self.detector = YuNetDetector(yunet, score_threshold=score_threshold, min_side=0, top_k=50)
+        self.tracker = IouTracker(ids=itertools.count(1))
+        self.mask = mask
 
     def process(self, frame: np.ndarray, index: int, timestamp: float, source: str = "") -> FrameResult:
-        import cv2
-
         a = time.perf_counter()
-        h, w = frame.shape[:2]
-        if self._det is None or self._size != (w, h):
-            self._det = cv2.FaceDetectorYN.create(str(self.yunet), "", (w, h), self.score_threshold, 0.3, 50)
-            self._size = (w, h)
-        _, raw = self._det.detect(frame)
-        faces, new_tracks = [], {}
-        for row in raw if raw is not None else []:
-            x, y, bw, bh = (float(v) for v in row[:4])
-            b = (max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h))
-            if b[2] <= b[0] or b[3] <= b[1]:
-                continue
-            best = max(self._tracks.items(), key=lambda kv: _iou(kv[1], b), default=None)
-            if best is not None and _iou(best[1], b) > 0.3 and best[0] not in new_tracks:
-                tid = best[0]
-            else:
-                tid, self._next_id = self._next_id, self._next_id + 1
-            new_tracks[tid] = b
-            faces.append(Face(box=b, score=float(row[-1]), track_id=tid, mask=self.mask))
-        self._tracks = new_tracks
+        faces = self.detector.detect(frame)
+        tracks = self.tracker.update([f.box for f in faces])
+        faces = [f.with_(track_id=t.id, mask=self.mask) for f, t in zip(faces, tracks, strict=True)]
         ms = (time.perf_counter() - a) * 1000
+        h, w = frame.shape[:2]
         return FrameResult(
             source=source,
             frame_index=index,
@@ -292,28 +269,18 @@ class YunetTracker:
 
 
 def read_frames(video: Path, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
-    import cv2
-
-    cap = cv2.VideoCapture(str(video))
-    if not cap.isOpened():
-        raise FileNotFoundError(f"cannot open video {video}")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    while max_frames is None or len(frames) < max_frames:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames, fps
+    """The first `max_frames` frames of `video` (all when None) and its frame rate."""
+    with open_source(video, reconnect=False) as src:
+        frames = [f.image for f in itertools.islice(src, max_frames)]
+        return frames, src.fps or 25.0
 
 
 def video_results(
     video: Path, yunet: Path, *, mask: Attribute = Attribute("no_mask", 0.95), max_frames: int | None = None
 ) -> Iterator[tuple[np.ndarray, FrameResult, float]]:
-    """(frame, result, detect_ms) for real frames of `video` (see YunetTracker)."""
+    """(frame, result, detect_ms) for real frames of `video` (see LabelledTracker)."""
     frames, fps = read_frames(video, max_frames)
-    tracker = YunetTracker(yunet, mask=mask)
+    tracker = LabelledTracker(yunet, mask=mask)
     for i, frame in enumerate(frames):
         r = tracker.process(frame, i, i / fps, str(video))
         yield frame, r, r.timings_ms["detect"]
@@ -335,7 +302,7 @@ def bench_frame_time(video: Path, yunet: Path, *, workdir: Path, frames: int = 2
         settings = Settings(data_dir=workdir / f"r{r}")
         store = Store.from_settings(settings)
         engine = AlertEngine(settings, store)
-        off, on = YunetTracker(yunet), YunetTracker(yunet)
+        off, on = LabelledTracker(yunet), LabelledTracker(yunet)
         for i, frame in enumerate(clip):
             a = time.perf_counter()
             off.process(frame, i, i / fps, "bench")

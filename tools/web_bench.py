@@ -14,6 +14,7 @@ Targets (issue 4): round trip p50 <= 80 ms and p95 <= 150 ms; each viewer >= 15 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskwatch.sources import SourceError, open_source
 from smtp_sink import free_port
 
 DEFAULT_VIDEO = "../shared/data/videos/Gituatu_face-mask-detection__video.mp4"
@@ -53,17 +55,16 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def load_frames(video: Path, limit: int = 300) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(video))
-    if not cap.isOpened():
-        raise SystemExit(f"cannot open {video}")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    while len(frames) < limit:
-        ok, img = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.resize(img, (640, 480), interpolation=cv2.INTER_AREA))
-    cap.release()
+    """The first `limit` frames of `video` at 640x480, and its frame rate."""
+    try:
+        with open_source(video, reconnect=False) as src:
+            frames = [
+                cv2.resize(f.image, (640, 480), interpolation=cv2.INTER_AREA)
+                for f in itertools.islice(src, limit)
+            ]
+            fps = src.fps or 25.0
+    except SourceError as exc:
+        raise SystemExit(str(exc)) from None
     if not frames:
         raise SystemExit(f"no frames in {video}")
     return frames, fps

@@ -87,7 +87,11 @@ def read_image(path: str | Path) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise SourceError(f"no such file: {p}")
-    img = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        data = np.fromfile(str(p), dtype=np.uint8)
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except (OSError, cv2.error):  # unreadable file, or the decoder gave up
+        img = None
     if img is None:
         raise SourceError(f"cannot decode image {p} (corrupt or not an image)")
     return img

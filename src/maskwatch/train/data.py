@@ -23,6 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskwatch.sources import SourceError, read_image
+from maskwatch.vision.detect import YuNetDetector
+
 log = logging.getLogger(__name__)
 
 # mask: `incorrect` = a mask is worn but leaves the nose or the mouth uncovered
@@ -143,7 +146,7 @@ class Detection:
 
 @dataclass
 class FaceFinder:
-    """Faces in an image: the app's detector when `maskwatch.vision` is installed, else YuNet directly.
+    """Faces in an image by YuNet at the image's native size (the app's `YuNetDetector`).
 
     `prepare_mode` upscales small images and pads them with a black border first, so that tight face
     crops (faces touching the image border) are found too.
@@ -151,16 +154,15 @@ class FaceFinder:
 
     yunet_path: Path | None = None
     score_threshold: float = 0.6
-    backend: str = "yunet"
     prepare_mode: bool = False
-    _impl: object = field(default=None, init=False, repr=False)
+    _impl: YuNetDetector | None = field(default=None, init=False, repr=False)
 
-    def _yunet(self):
+    def _yunet(self) -> YuNetDetector:
         if self._impl is None:
             path = self.yunet_path or default_yunet_path()
             if path is None:
                 raise FileNotFoundError("no YuNet model: pass --yunet PATH")
-            self._impl = cv2.FaceDetectorYN.create(str(path), "", (320, 320), self.score_threshold, 0.3, 5000)
+            self._impl = YuNetDetector(path, score_threshold=self.score_threshold, min_side=0)
         return self._impl
 
     def detect(self, image: np.ndarray) -> list[Detection]:
@@ -174,37 +176,16 @@ class FaceFinder:
             pad = max(img.shape[:2]) // 2 if max(h, w) <= 256 else 0
             if pad:
                 img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        if self.backend != "yunet" and not self.prepare_mode:
-            return self._app_detect(img)
-        det = self._yunet()
-        det.setInputSize((img.shape[1], img.shape[0]))
-        _, faces = det.detect(img)
         out = []
-        for f in [] if faces is None else faces:
-            x, y, fw, fh = (float(v) for v in f[:4])
-            lm = (f[4:14].reshape(5, 2).astype(np.float64) - pad) / scale
-            box = ((x - pad) / scale, (y - pad) / scale, (x + fw - pad) / scale, (y + fh - pad) / scale)
+        for f in self._yunet().detect(img):
+            x1, y1, x2, y2 = ((v - pad) / scale for v in f.box)
             # clipped to the image, as the runtime detector does
-            box = (max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(w)), min(box[3], float(h)))
+            box = (max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h)))
             if box[2] - box[0] < 2 or box[3] - box[1] < 2:
                 continue
-            out.append(Detection(box, float(f[14]), lm))
+            lm = None if f.landmarks is None else (np.asarray(f.landmarks, np.float64) - pad) / scale
+            out.append(Detection(box, f.score, lm))
         return out
-
-    def _app_detect(self, img: np.ndarray) -> list[Detection]:
-        if self._impl is None:
-            from maskwatch.config import DetectorSettings
-            from maskwatch.vision.detect import create_detector
-
-            self._impl = create_detector(
-                DetectorSettings(
-                    backend=self.backend, yunet_path=self.yunet_path, score_threshold=self.score_threshold
-                )
-            )
-        return [
-            Detection(f.box, f.score, None if f.landmarks is None else np.asarray(f.landmarks))
-            for f in self._impl.detect(img)
-        ]
 
 
 def default_yunet_path() -> Path | None:
@@ -225,17 +206,13 @@ def default_yunet_path() -> Path | None:
     return None
 
 
-def read_image(path: str | Path) -> np.ndarray | None:
-    """BGR uint8 image, or None (with a warning) when the file is unreadable."""
+def read_image_or_none(path: str | Path) -> np.ndarray | None:
+    """`maskwatch.sources.read_image`, or None (with a warning) when the file is unreadable."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    except Exception:  # noqa: BLE001 - any decoder failure means "corrupt"
-        img = None
-    if img is None or img.size == 0:
+        return read_image(path)
+    except SourceError:
         log.warning("skipping unreadable image %s", path)
         return None
-    return img
 
 
 # -------------------------------------------------------------------------------------------- prepare
@@ -275,7 +252,7 @@ def prepare(
 
         it = tqdm(items, desc=f"prepare {src.name}", unit="img")
     for path, _label in it:
-        img = read_image(path)
+        img = read_image_or_none(path)
         rel = f"{path.parent.name}/{path.stem}.jpg"
         if img is None:
             unreadable.append(str(path))
@@ -471,7 +448,7 @@ def prepare_scenes(
 
         it = tqdm(pairs, desc=f"prepare {src.name}", unit="img")
     for path, ann in it:
-        img = read_image(path)
+        img = read_image_or_none(path)
         if img is None:
             unreadable += 1
             continue
@@ -566,7 +543,7 @@ def load_folder(
         lm_map, lm_size = meta.get("landmarks", {}), float(meta.get("size", 1))
 
     def load(p: Path) -> np.ndarray | None:
-        img = read_image(p)
+        img = read_image_or_none(p)
         if img is None:
             return None
         if img.shape[0] != size or img.shape[1] != size:

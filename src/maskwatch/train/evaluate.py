@@ -57,7 +57,7 @@ from maskwatch.train.data import (
     matching,
     parse_fold,
     photo_detector,
-    read_image,
+    read_image_or_none,
     read_voc,
     scene_images,
     utkface_meta,
@@ -271,7 +271,7 @@ def evaluate_crops(
     finder = FaceFinder(yunet_path=Path(yunet) if yunet else None, prepare_mode=True, score_threshold=0.5)
     crops, labels, files, skipped = [], [], [], 0
     for p, lab in items:
-        img = read_image(p)
+        img = read_image_or_none(p)
         if img is None:
             skipped += 1
             continue
@@ -347,7 +347,7 @@ def evaluate_faces(
     labels, preds, unc, rows, skipped, masked_none = [], [], [], [], 0, 0
     t_cls, n_cls = 0.0, 0
     for k, (p, lab) in enumerate(items):
-        img = read_image(p)
+        img = read_image_or_none(p)
         if img is None:
             skipped += 1
             continue
@@ -440,7 +440,7 @@ def evaluate_scenes(
     labels, preds, unc, annotated, rows = [], [], [], [], []
     t_cls, n_cls = 0.0, 0
     for p, ann in imgs:
-        img = read_image(p)
+        img = read_image_or_none(p)
         if img is None:
             continue
         gt = read_voc(ann)

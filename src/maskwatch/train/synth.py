@@ -272,7 +272,7 @@ if __name__ == "__main__":  # python -m maskwatch.train.synth N DIR [DIR ...]: M
     import json
     import sys
 
-    from maskwatch.train.data import list_images, photo_detector, read_image
+    from maskwatch.train.data import list_images, photo_detector, read_image_or_none
 
     n, folders = int(sys.argv[1]), sys.argv[2:]
     paths = []  # N bare faces of each folder
@@ -280,5 +280,6 @@ if __name__ == "__main__":  # python -m maskwatch.train.synth N DIR [DIR ...]: M
         bare = [p for p, label in list_images(d) if label in ("no_mask", "man", "woman")]
         pick = np.random.default_rng(1).choice(len(bare), min(n, len(bare)), replace=False)
         paths += [bare[i] for i in pick]
-    rows = measure_masked_box((im for im in map(read_image, paths) if im is not None), photo_detector())
+    images = (im for im in map(read_image_or_none, paths) if im is not None)
+    rows = measure_masked_box(images, photo_detector())
     print(json.dumps({"faces": len(rows), **masked_face_box(rows)}))

@@ -289,26 +289,24 @@ def letterbox(img, size: tuple[int, int]):
 def bench_frames(videos: list[Path], total: int, size: tuple[int, int] | None):
     """Yield (frame, decode_seconds, new_scene) for up to `total` frames, `total / len(videos)` from
     each video in turn, letterboxed to `size` (width, height) unless None."""
-    import cv2
+    from maskwatch.sources import open_source
 
     per_video = math.ceil(total / len(videos))
     n = 0
     for video in videos:
-        cap = cv2.VideoCapture(str(video))
-        try:
+        with open_source(video, reconnect=False) as src:
             for i in range(per_video):
                 if n >= total:
                     return
                 t0 = time.perf_counter()
-                ok, img = cap.read()
-                if not ok:
+                frame = next(src, None)
+                if frame is None:
                     break
+                img = frame.image
                 if size is not None and (img.shape[1], img.shape[0]) != size:
                     img = letterbox(img, size)
                 n += 1
                 yield img, time.perf_counter() - t0, i == 0
-        finally:
-            cap.release()
 
 
 def write_mosaic(videos: list[Path], dest: Path, frames: int, size: tuple[int, int], grid: int) -> Path:
@@ -319,6 +317,8 @@ def write_mosaic(videos: list[Path], dest: Path, frames: int, size: tuple[int, i
     import cv2
     import numpy as np
 
+    from maskwatch.sources import open_source
+
     out_w, out_h = size
     cw, ch = out_w // grid, out_h // grid
     cells = grid * grid
@@ -326,26 +326,26 @@ def write_mosaic(videos: list[Path], dest: Path, frames: int, size: tuple[int, i
         [videos[j % len(videos)] for j in range(i, max(cells, len(videos)), cells)] for i in range(cells)
     ]
     pos = [0] * cells
-    caps = [cv2.VideoCapture(str(q[0])) for q in queues]
+    srcs = [open_source(q[0], reconnect=False) for q in queues]
     writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (out_w, out_h))
     try:
         for _ in range(frames):
             canvas = np.zeros((out_h, out_w, 3), np.uint8)
             for c in range(cells):
-                ok, img = caps[c].read()
-                if not ok:  # this cell's next video (looping)
-                    caps[c].release()
+                frame = next(srcs[c], None)
+                if frame is None:  # this cell's next video (looping)
+                    srcs[c].close()
                     pos[c] = (pos[c] + 1) % len(queues[c])
-                    caps[c] = cv2.VideoCapture(str(queues[c][pos[c]]))
-                    ok, img = caps[c].read()
-                if ok:
+                    srcs[c] = open_source(queues[c][pos[c]], reconnect=False)
+                    frame = next(srcs[c], None)
+                if frame is not None:
                     y, x = (c // grid) * ch, (c % grid) * cw
-                    canvas[y : y + ch, x : x + cw] = letterbox(img, (cw, ch))
+                    canvas[y : y + ch, x : x + cw] = letterbox(frame.image, (cw, ch))
             writer.write(canvas)
     finally:
         writer.release()
-        for cap in caps:
-            cap.release()
+        for src in srcs:
+            src.close()
     return dest
 
 
@@ -453,6 +453,7 @@ def bench(
     """
     import cv2
 
+    from maskwatch.sources import SourceError, open_source
     from maskwatch.vision.detect import DetectorError, Res10Detector, YuNetDetector, ensure_yunet
     from maskwatch.vision.pipeline import Pipeline
 
@@ -463,9 +464,11 @@ def bench(
     for v in videos:
         if not v.is_file():
             raise click.ClickException(f"no such video file: {v}")
-        cap = cv2.VideoCapture(str(v))
-        ok = cap.isOpened() and cap.read()[0]
-        cap.release()
+        try:
+            with open_source(v, reconnect=False) as src:
+                ok = next(src, None) is not None
+        except SourceError:
+            ok = False
         if not ok:
             raise click.ClickException(f"cannot decode video {v} (corrupt or unsupported format)")
     detector, classifier = _load_models(settings)

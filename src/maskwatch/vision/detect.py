@@ -123,6 +123,7 @@ class YuNetDetector:
     Input scale: frames whose longer side is below `min_side` are upscaled to it (small faces in small
     photos); larger frames run at native size, shrunk towards `max_side` only as far as a face of
     `min_face_px` keeps 16 px (so raise `min_face_px` to trade small faces for speed on HD streams).
+    `min_side=0` with the default `min_face_px` runs every frame at its native size.
     Thread-safe: each thread gets its own OpenCV detector instance (they are stateful).
     """
 
@@ -189,7 +190,7 @@ class YuNetDetector:
         sx, sy = w / size[0], h / size[1]
         faces = []
         for r in rows:
-            x, y, bw, bh = r[:4]
+            x, y, bw, bh = (float(v) for v in r[:4])  # in float64, like the landmarks
             box = _clip_box((x * sx, y * sy, (x + bw) * sx, (y + bh) * sy), w, h)
             if box is None:
                 continue
