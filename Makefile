@@ -25,13 +25,18 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.runtime
 	$(BIN)/maskwatch serve --host $(HOST) --port $(PORT)
 
+# Modules the type checker covers (mypy settings in pyproject.toml); more join as they are typed.
+TYPED := src/maskwatch/types.py src/maskwatch/store.py src/maskwatch/alerts
+
 test: $(VENV)/.dev
 	$(BIN)/ruff check src tests tools
+	$(BIN)/mypy $(TYPED)
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests tools
 	$(BIN)/ruff format --check src tests tools
+	$(BIN)/mypy $(TYPED)
 
 # Development figures on ../shared (read by path, never copied into the repo).
 SHARED ?= ../shared

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -48,8 +48,10 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import Executable
 
 from maskwatch.types import Attribute, FrameResult
 
@@ -171,6 +173,11 @@ def _add_incorrect_count(conn) -> None:
 
 # Schema migrations: {from_version: function(connection)} bringing the schema to from_version + 1.
 _MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _add_incorrect_count}
+
+
+def _changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE; the number of rows it changed."""
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
 
 
 # ----------------------------------------------------------------------------------------- data types
@@ -422,7 +429,10 @@ class Store:
         self._run("opening the database", check)
 
     def schema_version(self) -> int:
-        return int(self._run("reading the schema version", lambda s: s.get(MetaRow, "schema_version").value))
+        row = self._run("reading the schema version", lambda s: s.get(MetaRow, "schema_version"))
+        if row is None:
+            raise StoreError("the database has no schema version")
+        return int(row.value)
 
     def ping(self) -> None:
         """Raise StoreError unless the database can be written."""
@@ -629,20 +639,25 @@ class Store:
 
     def iter_events(self, *, camera=None, since=None, until=None, batch: int = 1000) -> Iterable[Event]:
         """All matching events oldest first, read in batches (for exports)."""
-        last = 0
-        while True:
+        last: int | None = 0  # read events always have an id
+
+        def read(session: Session) -> list[Event]:  # the batch after event id `last`
             q = self._events_query(camera, since, until, None).where(EventRow.id > last)
-            rows = self._run(
-                "reading events",
-                lambda s, q=q: [_event(r) for r in s.scalars(q.order_by(EventRow.id).limit(batch))],
-            )
+            return [_event(r) for r in session.scalars(q.order_by(EventRow.id).limit(batch))]
+
+        while True:
+            rows: list[Event] = self._run("reading events", read)
             yield from rows
             if len(rows) < batch:
                 return
             last = rows[-1].id
 
     def get_event(self, event_id: int) -> Event | None:
-        return self._run("reading an event", lambda s: (r := s.get(EventRow, event_id)) and _event(r))
+        def read(session: Session) -> Event | None:
+            row = session.get(EventRow, event_id)
+            return None if row is None else _event(row)
+
+        return self._run("reading an event", read)
 
     def snapshot_file(self, event: Event) -> Path | None:
         """The snapshot file of an event, if it has one and it still exists."""
@@ -691,7 +706,9 @@ class Store:
         session.flush()
         return row
 
-    def queue_mail(self, draft: MailDraft, *, event_ids: list[int] = (), now: datetime | None = None) -> int:
+    def queue_mail(
+        self, draft: MailDraft, *, event_ids: Iterable[int] = (), now: datetime | None = None
+    ) -> int:
         """Put an email in the outbox (status queued); its events' mail_status becomes queued."""
         now = now or utcnow()
         ids = list(event_ids)
@@ -737,14 +754,14 @@ class Store:
         can, so a message is handed to SMTP at most once even with several workers."""
 
         def write(session: Session) -> bool:
-            res = session.execute(
+            claim = (
                 update(OutboxRow)
                 .where(OutboxRow.id == message_id, OutboxRow.status == "queued")
                 .values(
                     status="sending", attempts=OutboxRow.attempts + 1, next_attempt=utcnow()
                 )  # claim time
             )
-            return res.rowcount == 1
+            return _changed(session, claim) == 1
 
         return self._run("claiming an email", write)
 
@@ -788,12 +805,12 @@ class Store:
         cutoff = utcnow() - timedelta(seconds=stale_s)
 
         def write(session: Session) -> int:
-            res = session.execute(
+            return _changed(
+                session,
                 update(OutboxRow)
                 .where(OutboxRow.status == "sending", OutboxRow.next_attempt <= cutoff)
-                .values(status="failed", last_error=msg)
+                .values(status="failed", last_error=msg),
             )
-            return res.rowcount
 
         return self._run("checking the outbox", write)
 
@@ -802,10 +819,8 @@ class Store:
         now = now or utcnow()
         return self._run(
             "updating the outbox",
-            lambda s: (
-                s.execute(
-                    update(OutboxRow).where(OutboxRow.status == "queued").values(next_attempt=now)
-                ).rowcount
+            lambda s: _changed(
+                s, update(OutboxRow).where(OutboxRow.status == "queued").values(next_attempt=now)
             ),
         )
 
@@ -815,11 +830,12 @@ class Store:
         return self._run(
             "updating the outbox",
             lambda s: (
-                s.execute(
+                _changed(
+                    s,
                     update(OutboxRow)
                     .where(OutboxRow.id == message_id, OutboxRow.status == "failed")
-                    .values(status="queued", next_attempt=now, attempts=0)
-                ).rowcount
+                    .values(status="queued", next_attempt=now, attempts=0),
+                )
                 == 1
             ),
         )
@@ -879,7 +895,7 @@ class Store:
     def delete_user(self, name: str) -> bool:
         def write(session: Session) -> bool:
             session.execute(delete(TokenRow).where(TokenRow.user == name))
-            return session.execute(delete(UserRow).where(UserRow.name == name)).rowcount == 1
+            return _changed(session, delete(UserRow).where(UserRow.name == name)) == 1
 
         return self._run("deleting a user", write)
 
@@ -903,7 +919,7 @@ class Store:
     def revoke_token(self, token: str) -> bool:
         return self._run(
             "deleting a token",
-            lambda s: s.execute(delete(TokenRow).where(TokenRow.token_hash == _sha256(token))).rowcount == 1,
+            lambda s: _changed(s, delete(TokenRow).where(TokenRow.token_hash == _sha256(token))) == 1,
         )
 
     # -- settings edited in the app
@@ -927,7 +943,7 @@ class Store:
 
         def write(session: Session) -> tuple[int, list[str]]:
             snaps = [s for s in session.scalars(select(EventRow.snapshot).where(EventRow.time < cutoff)) if s]
-            n = session.execute(delete(EventRow).where(EventRow.time < cutoff)).rowcount
+            n = _changed(session, delete(EventRow).where(EventRow.time < cutoff))
             session.execute(delete(MinuteRow).where(MinuteRow.minute < cutoff))
             session.execute(
                 delete(OutboxRow).where(OutboxRow.created < cutoff, OutboxRow.status.in_(("sent", "failed")))

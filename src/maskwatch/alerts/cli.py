@@ -139,7 +139,7 @@ def export(csv_file: Path, camera, since, until, config_file: Path | None) -> No
         "mail_status",
     ]
     out = sys.stdout if str(csv_file) == "-" else open(csv_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
-    n, labels = 0, Counter()
+    n, labels = 0, Counter[str]()
     try:
         writer = csv.DictWriter(out, fieldnames=fields)
         writer.writeheader()

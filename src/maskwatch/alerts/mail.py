@@ -186,6 +186,8 @@ def _tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
 
 
 def _connect(smtp: SmtpSettings) -> smtplib.SMTP:
+    if not smtp.host:
+        raise MailError("SMTP is not configured: set smtp.host")
     where = f"{smtp.host}:{smtp.port}"
     try:
         if smtp.security == "ssl":
@@ -348,7 +350,7 @@ class MailWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_retention = None
+        self._last_retention: datetime | None = None
         self.recover_interrupted()
 
     def recover_interrupted(self) -> int:
@@ -427,7 +429,7 @@ class MailWorker:
         if self.store.count_mail_since(now - timedelta(hours=1)) >= a.max_emails_per_hour:
             return None  # the hourly cap: the events wait for the next digest
         draft = compose_digest(self.settings, events)
-        return self.store.queue_mail(draft, event_ids=[e.id for e in events], now=now)
+        return self.store.queue_mail(draft, event_ids=[e.id for e in events if e.id is not None], now=now)
 
     def send_pending_once(self, batch: int = 50) -> int:
         """Send every due message once (over one connection per `batch`). Returns how many were sent.
