@@ -1,5 +1,6 @@
 """Pipeline: detect -> track -> classify only when needed -> vote; real video end to end."""
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -10,6 +11,7 @@ from maskwatch.sources import open_source
 from maskwatch.vision.classify import AttributeClassifier
 from maskwatch.vision.detect import YuNetDetector
 from maskwatch.vision.pipeline import Pipeline
+from maskwatch.vision.track import IouTracker
 from vision_helpers import GREEN, MASK_LABELS_3, RED, YELLOW, FakeDetector, face_canvas, make_tiny_model
 
 VIDEO = "videos/916241958_opencv_mask_detection__mask.mp4"  # 388x218, one masked face
@@ -69,7 +71,9 @@ def test_moved_or_new_faces_are_classified_at_once(clf):
 def test_voting_resists_a_flicker_and_follows_a_real_change(clf):
     box = (10, 10, 60, 60)
     colors = [RED] * 6 + [GREEN] + [RED] * 3 + [GREEN] * 6
-    pipe = Pipeline(FakeDetector([[box]]), clf, reclassify_every=1)
+    # the stand-in classifier reads the label from the face's colour, so a recoloured face must stay the
+    # same person here: no appearance check
+    pipe = Pipeline(FakeDetector([[box]]), clf, reclassify_every=1, check_appearance=False)
     results = run(pipe, [([box], [c]) for c in colors])
     labels = [r.faces[0].mask.label for r in results]
     assert results[6].faces[0].mask.confidence < results[5].faces[0].mask.confidence
@@ -151,7 +155,7 @@ def test_real_video_end_to_end_stable_ids(shared_data, yunet_path, clf):
     results = [pipe.process(f, source=VIDEO) for f in frames]
     ids = [f.track_id for r in results for f in r.faces]
     assert len(ids) >= 55  # the face is found in (nearly) every frame...
-    assert set(ids) == {1}  # ...and keeps one id
+    assert len(set(ids)) == 1  # ...and keeps one id
 
 
 def test_pipelines_share_models_across_threads(shared_data, yunet_path, clf):
@@ -159,7 +163,7 @@ def test_pipelines_share_models_across_threads(shared_data, yunet_path, clf):
     det = YuNetDetector(yunet_path)
 
     def one_stream(_):
-        pipe = Pipeline(det, clf)
+        pipe = Pipeline(det, clf, tracker=IouTracker(ids=itertools.count(1)))  # same ids in each stream
         return [[(f.box, f.track_id, f.mask) for f in pipe.process(im).faces] for im in frames]
 
     serial = one_stream(0)
@@ -191,7 +195,7 @@ def test_detect_every_n_frames_coasts_tracked_faces(clf):
     boxes = [drift((10, 50, 60, 100), i, step=4) for i in range(12)]
     results = [pipe.process(face_canvas([(b, RED)])) for b in boxes]
     assert det.calls == 4  # frames 0, 3, 6, 9
-    assert all(len(r.faces) == 1 and r.faces[0].track_id == 1 for r in results)
+    assert all(len(r.faces) == 1 for r in results) and len({r.faces[0].track_id for r in results}) == 1
     assert all(r.faces[0].mask.label == "mask" for r in results)
     assert (
         results[1].timings_ms["detect"] < 1.0 and results[1].faces[0].box == results[0].faces[0].box

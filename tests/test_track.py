@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 
 from maskwatch.vision.track import IouTracker, Track, Vote
@@ -9,7 +11,7 @@ def moving(start, step, n):
 
 
 def test_stable_ids_for_moving_faces():
-    t = IouTracker()
+    t = IouTracker(ids=itertools.count(1))
     a, b = moving((0, 0), 5, 30), moving((300, 100), -5, 30)
     ids = [[tr.id for tr in t.update([a[i], b[i]] if i % 2 else [b[i], a[i]])] for i in range(30)]
     assert all(sorted(x) == [1, 2] for x in ids)
@@ -43,7 +45,26 @@ def test_one_detection_one_track():
     ids = [tr.id for tr in t.update([(0, 0, 40, 40), (2, 2, 42, 42)])]  # duplicate boxes
     assert len(set(ids)) == 2
     t.reset()
-    assert t.update([(0, 0, 10, 10)])[0].id == 1
+    assert t.update([(0, 0, 10, 10)])[0].id not in ids  # a reset never reuses ids
+
+
+def test_track_ids_are_unique_across_trackers_of_the_process():
+    a, b = IouTracker(), IouTracker()
+    ids = [t.update([(0, 0, 40, 40)])[0].id for t in (a, b)]
+    a.reset()
+    ids.append(a.update([(0, 0, 40, 40)])[0].id)
+    assert len(set(ids)) == 3
+
+
+def test_renew_makes_a_new_person_at_the_same_place():
+    t = IouTracker()
+    tr = t.update([(0, 0, 40, 40)])[0]
+    tr.vote("mask", [0.9, 0.1])
+    tr.mark_classified()
+    old = tr.id
+    t.renew(tr)
+    assert tr.id != old and not tr.votes and tr.classified_box is None
+    assert t.update([(1, 1, 41, 41)])[0] is tr  # it keeps following the box
 
 
 def test_vote_smooths_single_outliers_and_follows_real_change():

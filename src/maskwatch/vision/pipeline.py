@@ -35,6 +35,45 @@ def as_bgr(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+MOTION_MIN = 0.004  # share of a 64x48 thumbnail's pixels that must change for "the scene moved"
+MOTION_PIXEL_DELTA = 12  # grey levels
+# Bhattacharyya distance of appearance signatures above which a face "looks like another person", and
+# how many detections in a row must say so. Measured on the 15 clips of ../shared/data/videos (YuNet,
+# every frame): one person's face is above 0.35 on 1 % of its frames, two different people on 89 %.
+APPEARANCE_CHANGE = 0.35
+APPEARANCE_STRIKES = 2
+APPEARANCE_EMA = 0.2
+
+
+def motion_thumbnail(frame_bgr: np.ndarray) -> np.ndarray:
+    small = cv2.resize(frame_bgr, (64, 48), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+
+
+def changed_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(cv2.absdiff(a, b) > MOTION_PIXEL_DELTA))
+
+
+def appearance_signature(frame_bgr: np.ndarray, box) -> np.ndarray | None:
+    """A colour histogram (hue x saturation, L1-normalised) of the upper half of the face and the hair
+    above it: what stays when a mask is put on or taken off, and differs between most people."""
+    h, w = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = box
+    bh = y2 - y1
+    top, bottom = max(0, int(y1 - 0.15 * bh)), min(h, int(y1 + 0.55 * bh))
+    left, right = max(0, int(x1)), min(w, int(x2))
+    if bottom - top < 4 or right - left < 4:
+        return None
+    patch = cv2.resize(frame_bgr[top:bottom, left:right], (24, 20), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(patch, cv2.COLOR_BGR2HSV)
+    hist = cv2.calcHist([hsv], [0, 1], None, [12, 4], [0, 180, 0, 256]).ravel()
+    return hist / max(float(hist.sum()), 1e-6)
+
+
+def appearance_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(cv2.compareHist(a.astype(np.float32), b.astype(np.float32), cv2.HISTCMP_BHATTACHARYYA))
+
+
 class Pipeline:
     """Face detection, tracking and attribute voting for one stream.
 
@@ -45,7 +84,14 @@ class Pipeline:
     `gender=False` neither computes nor reports apparent gender.
     `detect_every=N` (with tracking) runs the detector on every Nth frame only; the frames between
     report the last faces moved by their track's velocity (like DeepStream's `interval`): about N
-    times less detection work for a box lag of at most N-1 frames.
+    times less detection work for a box lag of at most N-1 frames. `detect_interval` is that N now; the
+    monitor raises it (up to `max_detect_interval`) when the machine is overloaded and lowers it again.
+    With `max_detect_interval` > 1 detection is also adaptive: while the picture does not change (less
+    than `MOTION_MIN` of a thumbnail's pixels differ from the last detected frame) the detector runs
+    only every `max_detect_interval` frames.
+    Appearance check: a track whose face no longer looks like the one it followed (another person took
+    its place) becomes a new track (`IouTracker.renew`), so one person's labels never pass to another.
+    Pass `tracker` to keep tracks (and their ids) across pipelines, e.g. when models are reloaded.
     """
 
     def __init__(
@@ -57,17 +103,24 @@ class Pipeline:
         reclassify_every: int = 10,
         gender: bool = True,
         detect_every: int = 1,
+        max_detect_interval: int | None = None,
+        tracker: IouTracker | None = None,
+        check_appearance: bool = True,
     ) -> None:
         self.detector = detector
+        self.check_appearance = check_appearance
         self.classifier = classifier
         self.track = track
         self.reclassify_every = max(1, int(reclassify_every))
         self.gender = gender
         self.tasks = {t for t in classifier.tasks if gender or t != "gender"}
         self.detect_every = max(1, int(detect_every)) if track else 1
-        self.tracker = IouTracker()
+        self.max_detect_interval = max(self.detect_every, int(max_detect_interval or 1)) if track else 1
+        self.detect_interval = self.detect_every
+        self.tracker = tracker if tracker is not None else IouTracker()
         self._frame_index = 0
         self._since_detect = 0
+        self._detected_thumb: np.ndarray | None = None  # thumbnail of the last detected frame
         self._last: list[tuple[Face, tuple[float, float]]] = []  # last faces and their per-frame motion
         self.classified_last = 0  # faces sent to the classifier in the last frame (for the benchmark)
 
@@ -80,6 +133,8 @@ class Pipeline:
         classifier: AttributeClassifier | None = None,
         track: bool = True,
         detect_every: int | None = None,
+        max_detect_interval: int | None = None,
+        tracker: IouTracker | None = None,
     ) -> Pipeline:
         """A pipeline configured by `Settings`; pass `detector` / `classifier` to share loaded models."""
         classifier = classifier or AttributeClassifier.from_dir(
@@ -93,6 +148,8 @@ class Pipeline:
             reclassify_every=settings.models.reclassify_every,
             gender=settings.privacy.gender_enabled,
             detect_every=settings.detector.detect_every if detect_every is None else detect_every,
+            max_detect_interval=max_detect_interval,
+            tracker=tracker,
         )
 
     def reset(self) -> None:
@@ -100,6 +157,7 @@ class Pipeline:
         self.tracker.reset()
         self._frame_index = 0
         self._since_detect = 0
+        self._detected_thumb = None
         self._last = []
 
     def process(
@@ -112,7 +170,7 @@ class Pipeline:
     ) -> FrameResult:
         frame_bgr = as_bgr(frame_bgr)
         t0 = time.perf_counter()
-        coast = self.detect_every > 1 and self._last and self._since_detect < self.detect_every - 1
+        coast = self._should_coast(frame_bgr)
         faces = [] if coast else self.detector.detect(frame_bgr)
         t1 = time.perf_counter()
         if coast:
@@ -150,6 +208,9 @@ class Pipeline:
     def _tracked(self, frame_bgr: np.ndarray, faces: list[Face]) -> tuple[list[Face], float, float]:
         t0 = time.perf_counter()
         tracks = self.tracker.update([f.box for f in faces])
+        if self.check_appearance:
+            for f, tr in zip(faces, tracks, strict=True):
+                self._check_appearance(frame_bgr, f, tr)
         todo = [
             i
             for i, tr in enumerate(tracks)
@@ -173,13 +234,48 @@ class Pipeline:
                 if vote is not None and vote.probs is not None:
                     attrs[task] = self._voted_attribute(tr, task, vote.probs)
             out.append(f.with_(track_id=tr.id, **attrs))
-        if self.detect_every > 1:
-            n = self.detect_every  # the tracker's velocity is per detection, i.e. per n frames
+        if self.max_detect_interval > 1:
+            n = self._since_detect + 1  # the tracker's velocity is per detection, i.e. per n frames
             self._last = [
                 (f, (tr.velocity[0] / n, tr.velocity[1] / n)) for f, tr in zip(out, tracks, strict=True)
             ]
         t3 = time.perf_counter()
         return out, (t1 - t0) + (t3 - t2), t2 - t1
+
+    def _should_coast(self, frame_bgr: np.ndarray) -> bool:
+        """Skip the detector on this frame (report the tracked faces moved by their velocity)?"""
+        if self.max_detect_interval <= 1 or self._detected_thumb is None:
+            if self.max_detect_interval > 1:
+                self._detected_thumb = motion_thumbnail(frame_bgr)
+            return False
+        since = self._since_detect + 1  # frames since the last detection, this one included
+        if since >= self.max_detect_interval:
+            coast = False
+        elif since < self.detect_interval:
+            coast = bool(self._last) or self.detect_interval > self.detect_every
+        else:
+            thumb = motion_thumbnail(frame_bgr)
+            coast = changed_fraction(thumb, self._detected_thumb) < MOTION_MIN
+        if not coast:
+            self._detected_thumb = motion_thumbnail(frame_bgr)
+        return coast
+
+    def _check_appearance(self, frame_bgr: np.ndarray, face: Face, track: Track) -> None:
+        """Renew `track` when its face stops looking like the one it followed (`APPEARANCE_STRIKES`
+        detections in a row), else fold this face into the track's appearance signature."""
+        signature = appearance_signature(frame_bgr, face.box)
+        if signature is None:
+            return
+        if track.appearance is not None and track.hits > 1:
+            if appearance_distance(track.appearance, signature) > APPEARANCE_CHANGE:
+                track.appearance_strikes += 1
+                if track.appearance_strikes < APPEARANCE_STRIKES:
+                    return  # one odd frame (blur, a hand) is not another person
+                self.tracker.renew(track)
+            else:
+                track.appearance_strikes = 0
+        a = track.appearance
+        track.appearance = signature if a is None else (1 - APPEARANCE_EMA) * a + APPEARANCE_EMA * signature
 
     def _coast(self, shape) -> list[Face]:
         """Frames between detections (`detect_every` > 1): the last faces moved by their track's velocity."""

@@ -6,21 +6,28 @@ average of its class probabilities per task (`Vote`), so labels do not flicker, 
 and where it was last classified, so the pipeline re-classifies only when needed.
 
 Example:
-    >>> t = IouTracker()
+    >>> t = IouTracker(ids=itertools.count(1))
     >>> [tr.id for tr in t.update([(0, 0, 50, 50), (100, 0, 150, 50)])]
     [1, 2]
     >>> [tr.id for tr in t.update([(104, 2, 154, 52), (3, 1, 53, 51)])]
     [2, 1]
+
+Track ids come from one process-wide counter by default, so they are unique across every stream and
+tracker of the process for its whole life (alert state is keyed by them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from maskwatch.vision.geometry import Box, area, iou, iou_matrix
+
+# next() on itertools.count is atomic under the GIL: threads may share it
+PROCESS_TRACK_IDS: Iterator[int] = itertools.count(1)
 
 
 class Vote:
@@ -74,6 +81,8 @@ class Track:
     votes: dict[str, Vote] = field(default_factory=dict)
     shown: dict[str, str] = field(default_factory=dict)  # last label reported per task (for hysteresis)
     velocity: tuple[float, float] = (0.0, 0.0)  # centre motion per frame (smoothed)
+    appearance: np.ndarray | None = None  # smoothed appearance signature of the face (see Pipeline)
+    appearance_strikes: int = 0  # detections in a row that did not look like `appearance`
 
     def vote(self, task: str, probs: Sequence[float], quality: float = 1.0) -> None:
         self.votes.setdefault(task, Vote()).add(probs, quality)
@@ -114,7 +123,7 @@ class IouTracker:
     A detection joins the live track it overlaps most (IoU >= `iou_threshold`), or, failing that, the
     nearest track whose centre is within `max_center_dist` box sizes and whose size is within a factor
     `max_scale_change`. Unmatched detections start new tracks; tracks unseen for more than `max_missed`
-    frames are dropped. Ids are never reused.
+    frames are dropped. Ids are never reused: they come from `ids` (default: the process-wide counter).
     """
 
     def __init__(
@@ -123,17 +132,35 @@ class IouTracker:
         max_missed: int = 15,
         max_center_dist: float = 0.75,
         max_scale_change: float = 1.6,
+        ids: Iterator[int] | None = None,
     ) -> None:
         self.iou_threshold = iou_threshold
         self.max_missed = max_missed
         self.max_center_dist = max_center_dist
         self.max_scale_change = max_scale_change
         self.tracks: list[Track] = []
-        self._next_id = 1
+        self._ids = PROCESS_TRACK_IDS if ids is None else ids
 
     def reset(self) -> None:
+        """Forget every track (ids keep counting: a later track never reuses an old id)."""
         self.tracks.clear()
-        self._next_id = 1
+
+    def renew(self, track: Track) -> None:
+        """Another face took `track`'s place: it becomes a new track (new id, no votes) at the same box."""
+        track.id = next(self._ids)
+        track.hits, track.age = 1, 0
+        track.classified_box, track.since_classified = None, 0
+        track.votes.clear()
+        track.shown.clear()
+        track.velocity = (0.0, 0.0)
+        track.appearance, track.appearance_strikes = None, 0
+
+    def forget_votes(self) -> None:
+        """Keep the tracks (ids, boxes) but drop their votes: the models changed."""
+        for t in self.tracks:
+            t.votes.clear()
+            t.shown.clear()
+            t.classified_box = None
 
     def _similarity(self, dets: np.ndarray, trks: np.ndarray) -> np.ndarray:
         """(N, M) matching score, -1 where a pair may not match. IoU first, centre distance second."""
@@ -175,8 +202,7 @@ class IouTracker:
         for i, t in enumerate(assigned):
             box = tuple(float(v) for v in dets[i])
             if t is None:
-                t = Track(id=self._next_id, box=box)
-                self._next_id += 1
+                t = Track(id=next(self._ids), box=box)
                 self.tracks.append(t)
                 assigned[i] = t
             else:
