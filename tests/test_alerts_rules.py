@@ -74,6 +74,19 @@ def test_reentry_near_the_same_place_within_cooldown_is_the_same_person():
     assert run(rules, [[f(1)]] * 20 + [[]] * 10 + [[f(2)]] * 30) == [(10, 1), (40, 2)]
 
 
+def test_a_looping_walk_is_one_person_per_cooldown():
+    """A file that loops: the person walks from x=0 to x=300, then the video starts again and a new track
+    appears where the walk began (far from where it ended): still the same person within the cooldown."""
+    rules = AlertRules(settings(cooldown_s=60))
+    frames, tid = [], 1
+    for _loop in range(5):  # 5 loops of 3 s, each one new track id
+        frames += [[f(tid, x=x)] for x in range(0, 300, 10)]
+        tid += 1
+    assert [a for _, a in run(rules, frames)] == [1]
+    rules = AlertRules(settings(cooldown_s=6))
+    assert len(run(rules, frames)) == 3  # 15 s with a 6 s cooldown: alerts at about 1, 7 and 13 s
+
+
 def test_reentry_with_a_quick_id_switch():
     rules = AlertRules(settings())  # the tracker loses the person for one frame and gives a new id
     assert run(rules, [[f(1)]] * 20 + [[f(2, x=105)]] * 40) == [(10, 1)]

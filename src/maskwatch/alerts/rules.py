@@ -10,9 +10,10 @@ alert. Faces without a track id never alert (a person cannot be followed across 
 
 Cooldown: a person alerts at most once per `cooldown_s`: the same track alerts again only after the
 cooldown (if still unmasked), and a *new* track that starts within `reentry_radius` face widths of where
-an alerted person was last seen on the same camera, within the cooldown, is taken as that person coming
-back (tracks get new ids when someone leaves and re-enters). Without face recognition this is an
-approximation: two different people passing the same spot within the cooldown give one alert.
+an alerted person was first or last seen on the same camera, within the cooldown, is taken as that person
+coming back (tracks get new ids when someone leaves and re-enters, when a looping video file starts
+again, or when a stream's pipeline is rebuilt). Without face recognition this is an approximation: two
+different people passing the same spot within the cooldown give one alert.
 
 Times are the frames' own timestamps (video time for files, wall time for live sources), per camera.
 Quiet hours, digests and the hourly email cap are applied by the engine, not here.
@@ -45,6 +46,7 @@ class _Track:
     first_seen: float
     last_seen: float
     box: tuple[float, float, float, float]
+    first_box: tuple[float, float, float, float]
     run_start: float | None = None  # time of the first no_mask / incorrect frame of the current run
     run_frames: int = 0
     run_labels: Counter = field(default_factory=Counter)  # frames per label in the current run
@@ -54,9 +56,11 @@ class _Track:
 
 @dataclass
 class _Left:
-    """An alerted person whose track ended: kept for re-entry matching until the cooldown ends."""
+    """An alerted person whose track ended: kept for re-entry matching until the cooldown ends. `boxes`:
+    where they were first and last seen (someone coming back, or a video file playing again, starts
+    where they left or where they came in)."""
 
-    box: tuple[float, float, float, float]
+    boxes: tuple[tuple[float, float, float, float], ...]
     last_seen: float
     last_alert: float
 
@@ -101,7 +105,7 @@ class AlertRules:
             tr = cam.tracks.get(face.track_id)
             if tr is None:
                 last_alert = self._reentry(cam, face.box, t, seen)
-                tr = cam.tracks[face.track_id] = _Track(first_seen=t, last_seen=t, box=face.box)
+                tr = cam.tracks[face.track_id] = _Track(first_seen=t, last_seen=t, box=face.box, first_box=face.box)
                 tr.last_alert = last_alert
             tr.last_seen, tr.box = t, face.box
             label = face.mask.label
@@ -140,17 +144,18 @@ class AlertRules:
             return None
         for tid in [i for i, tr in cam.tracks.items() if i not in seen and tr.last_alert is not None]:
             tr = cam.tracks.pop(tid)  # an alerted track missing from this frame counts as having left
-            cam.left.append(_Left(tr.box, tr.last_seen, tr.last_alert))
+            cam.left.append(_Left((tr.first_box, tr.box), tr.last_seen, tr.last_alert))
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         best, best_d = None, None
         for left in cam.left:
             if t - left.last_alert >= s.cooldown_s:
                 continue
-            lx, ly = (left.box[0] + left.box[2]) / 2, (left.box[1] + left.box[3]) / 2
-            width = max(box[2] - box[0], left.box[2] - left.box[0])
-            d = ((cx - lx) ** 2 + (cy - ly) ** 2) ** 0.5
-            if d <= s.reentry_radius * width and (best_d is None or d < best_d):
-                best, best_d = left, d
+            for lb in left.boxes:
+                lx, ly = (lb[0] + lb[2]) / 2, (lb[1] + lb[3]) / 2
+                width = max(box[2] - box[0], lb[2] - lb[0])
+                d = ((cx - lx) ** 2 + (cy - ly) ** 2) ** 0.5
+                if d <= s.reentry_radius * width and (best_d is None or d < best_d):
+                    best, best_d = left, d
         if best is None:
             return None
         cam.left.remove(best)
@@ -163,7 +168,7 @@ class AlertRules:
         ]:
             tr = cam.tracks.pop(tid)
             if tr.last_alert is not None and t - tr.last_alert < cooldown:
-                cam.left.append(_Left(tr.box, tr.last_seen, tr.last_alert))
+                cam.left.append(_Left((tr.first_box, tr.box), tr.last_seen, tr.last_alert))
         if cam.left:
             cam.left = [lf for lf in cam.left if t - lf.last_alert < cooldown]
 
