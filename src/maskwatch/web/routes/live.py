@@ -1,4 +1,4 @@
-"""Live video: the browser-webcam WebSocket and the server cameras' MJPEG streams.
+"""Live video: the browser-webcam WebSocket, the server cameras' WebSocket and their MJPEG streams.
 
 Webcam protocol (`/ws/webcam`): the page sends one JPEG frame (binary message), the server answers
 with one JSON text message, and only then does the page send the next frame, so latency stays bounded:
@@ -6,14 +6,35 @@ with one JSON text message, and only then does the page send the next frame, so 
     {"type": "result", "seq": 7, "result": FrameResult.to_dict(), "counts": {...},
      "server_ms": 23.4, "events": [{"camera": ..., "track_id": ..., ...}]}
     {"type": "error", "message": "..."}     (the socket stays open unless the models are missing)
+
+Server cameras protocol (`/ws/live`, what the Live page uses): every camera tile over ONE connection,
+so any number of cameras costs one of the browser's few connections per host. Same authentication as
+`/ws/webcam` (a logged-in session, same origin; else closed with 1008).
+
+- client -> server, text: `{"cameras": ["door", "lobby"]}`: the tiles to stream (the visible ones);
+  may be sent again at any time (`[]`: none, e.g. while the page is hidden).
+- server -> client, binary, for each subscribed camera whose frame changed: a 4-byte big-endian length
+  N, N bytes of UTF-8 JSON header `{"camera": name, "seq": n, "state": ..., "fps": ..., "counts": {...},
+  "error": ..., "processing_ms": ...}` (the camera's public snapshot plus the frame's seq), then the
+  annotated JPEG.
+- server -> client, text, on connect and about once a second: `{"type": "cameras", "cameras": [...]}`,
+  every configured camera's public state (as `/api/cameras`), so tiles without new frames show state.
+
+Backpressure: nothing is queued for a slow client. Each send is awaited, and then only the newest frame
+of each camera is sent (intermediate seqs are skipped), at most `LIVE_TILE_FPS` frames per second per
+tile. One coroutine per connection sends; it sleeps on the cameras' new-frame events (no threads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import struct
 import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
@@ -23,12 +44,16 @@ from maskwatch.web.analysis import MAX_STREAM_SIDE, BadMedia, ModelsUnavailable,
 from maskwatch.web.auth import same_origin, session_user
 from maskwatch.web.cameras import placeholder_jpeg
 from maskwatch.web.deps import PageUser, RuntimeDep
+from maskwatch.web.runtime import Runtime
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
 MAX_WS_FRAME_BYTES = 4 << 20
 BOUNDARY = "maskwatchframe"
+LIVE_TILE_FPS = 15.0  # /ws/live: at most this many frames per second per camera tile
+LIVE_STATE_S = 1.0  # /ws/live: every camera's state is sent this often
+MAX_LIVE_CAMERAS = 256  # /ws/live: names accepted in one subscription
 
 
 @router.websocket("/ws/webcam")
@@ -98,6 +123,136 @@ def _event_brief(event, gender: bool) -> dict:
     if gender:
         d["gender_label"] = event.gender_label
     return d
+
+
+class LiveCamera(Protocol):
+    """What /ws/live uses of a camera (`rt.cameras.get(name)`)."""
+
+    @property
+    def stopped(self) -> bool: ...
+    def subscribe(self) -> asyncio.Event: ...
+    def unsubscribe(self, event: asyncio.Event) -> None: ...
+    def latest(self) -> tuple[int, bytes | None]: ...
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Tile:
+    camera: LiveCamera
+    new_frame: asyncio.Event  # the camera's subscription
+    forward: asyncio.Task[None]  # turns it into the connection's wake-up
+    seq: int = -1  # of the last frame sent
+    sent_at: float = float("-inf")
+
+
+class _LiveFeed:
+    """One /ws/live connection: the subscribed tiles and the loop sending each one's newest frame."""
+
+    def __init__(self, ws: WebSocket, rt: Runtime) -> None:
+        self.ws, self.rt = ws, rt
+        self.wanted: list[str] = []
+        self.tiles: dict[str, _Tile] = {}
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read())
+        next_state = 0.0
+        try:
+            while not self.rt.stopping and not reader.done():
+                self.wake.clear()
+                now = time.monotonic()
+                if now >= next_state:
+                    self._sync()  # cameras started, stopped or restarted since
+                    await self.ws.send_json({"type": "cameras", "cameras": self.rt.cameras.describe()})
+                    next_state = now + LIVE_STATE_S
+                due = next_state
+                for name, tile in list(self.tiles.items()):
+                    seq, jpeg = tile.camera.latest()
+                    if jpeg is None or seq == tile.seq:
+                        continue
+                    ready = tile.sent_at + 1.0 / LIVE_TILE_FPS
+                    if now < ready:
+                        due = min(due, ready)
+                        continue
+                    await self.ws.send_bytes(_frame_message(name, seq, tile.camera.snapshot(), jpeg))
+                    tile.seq, tile.sent_at = seq, time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), max(0.0, due - time.monotonic()))
+            if self.rt.stopping:
+                await self.ws.close(code=1001)
+        except (WebSocketDisconnect, OSError):  # the page went away
+            return
+        finally:
+            reader.cancel()
+            for name in list(self.tiles):
+                self._drop(name)
+
+    async def _read(self) -> None:
+        """Subscriptions from the page; returns when it disconnects."""
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                names = _camera_names(message.get("text"))
+                if names is not None:
+                    self.wanted = names
+                    self._sync()
+        except (WebSocketDisconnect, OSError):
+            return
+        finally:
+            self.wake.set()
+
+    def _sync(self) -> None:
+        """Subscribe to the wanted cameras' current objects (a camera restarted by the settings is new)."""
+        for name, tile in list(self.tiles.items()):
+            if name not in self.wanted or tile.camera.stopped or self.rt.cameras.get(name) is not tile.camera:
+                self._drop(name)
+        for name in self.wanted:
+            camera = self.rt.cameras.get(name)
+            if name in self.tiles or camera is None or camera.stopped:
+                continue
+            new_frame = camera.subscribe()
+            self.tiles[name] = _Tile(camera, new_frame, asyncio.create_task(self._forward(new_frame)))
+        self.wake.set()
+
+    def _drop(self, name: str) -> None:
+        tile = self.tiles.pop(name)
+        tile.forward.cancel()
+        tile.camera.unsubscribe(tile.new_frame)
+
+    async def _forward(self, new_frame: asyncio.Event) -> None:
+        while True:
+            await new_frame.wait()
+            new_frame.clear()
+            self.wake.set()
+
+
+def _camera_names(text: str | None) -> list[str] | None:
+    """The names of a `{"cameras": [...]}` message (unique, in order); None when it is not one."""
+    try:
+        message = json.loads(text) if text else None
+    except ValueError:
+        return None
+    names = message.get("cameras") if isinstance(message, dict) else None
+    if not isinstance(names, list):
+        return None
+    return list(dict.fromkeys(n for n in names if isinstance(n, str)))[:MAX_LIVE_CAMERAS]
+
+
+def _frame_message(name: str, seq: int, snapshot: dict[str, Any], jpeg: bytes) -> bytes:
+    header = json.dumps({**snapshot, "camera": name, "seq": seq}, separators=(",", ":")).encode()
+    return b"".join((struct.pack(">I", len(header)), header, jpeg))
+
+
+@router.websocket("/ws/live")
+async def live(ws: WebSocket) -> None:
+    rt = ws.app.state.runtime
+    if session_user(ws) is None or not same_origin(ws):
+        await ws.close(code=1008, reason="authentication required")
+        return
+    await ws.accept()
+    await _LiveFeed(ws, rt).run()
 
 
 def _worker_or_404(rt, name: str):

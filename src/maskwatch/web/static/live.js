@@ -212,23 +212,86 @@
   }
 
   // ---------------------------------------------------------------- server cameras
-  const cams = document.querySelectorAll("figure.cam[data-camera]");
-  async function pollCameras() {
-    try {
-      const r = await fetch("/api/cameras", { credentials: "same-origin", headers: { Accept: "application/json" } });
-      if (!r.ok) return;
-      const data = await r.json();
-      for (const cam of data.cameras) {
-        const fig = [...cams].find((el) => el.dataset.camera === cam.name);
-        if (!fig) continue;
-        const set = (k, v) => { const el = fig.querySelector(`[data-field="${k}"]`); if (el) el.textContent = v; };
-        set("state", cam.state);
-        set("fps", cam.fps);
-        set("processing_ms", cam.processing_ms ?? "–");
-        set("error", cam.error || "");
-        for (const [k, v] of Object.entries(cam.counts || {})) set(k, v);
-      }
-    } catch (e) { /* the server may be restarting; try again on the next tick */ }
+  // Every tile over ONE WebSocket (/ws/live; protocol in maskwatch/web/routes/live.py): the page says
+  // which tiles are visible, the server sends each one's newest frame (binary: 4-byte big-endian header
+  // length, JSON header, JPEG) and every camera's state about once a second (text).
+  const tiles = new Map(); // name -> {fig, img, url, seq, received}
+  for (const fig of document.querySelectorAll("figure.cam[data-camera]")) {
+    tiles.set(fig.dataset.camera, { fig, img: fig.querySelector("img.cam-stream"), url: null, seq: null, received: 0 });
   }
-  if (cams.length) { pollCameras(); setInterval(pollCameras, 1000); }
+  const camStatus = $("cameras-status");
+  const visible = new Set();
+  const decoder = new TextDecoder();
+  let live = null;
+  let backoff = 500;
+  let subscribed = null;
+
+  function showState(tile, cam) {
+    const set = (k, v) => { const el = tile.fig.querySelector(`[data-field="${k}"]`); if (el) el.textContent = v; };
+    tile.fig.dataset.state = cam.state;
+    set("state", cam.state);
+    set("fps", cam.fps);
+    set("processing_ms", cam.processing_ms ?? "–");
+    set("error", cam.error || "");
+    for (const [k, v] of Object.entries(cam.counts || {})) set(k, v);
+  }
+
+  function showFrame(buf) {
+    const n = new DataView(buf).getUint32(0);
+    const head = JSON.parse(decoder.decode(new Uint8Array(buf, 4, n)));
+    const tile = tiles.get(head.camera);
+    if (!tile || !tile.img) return;
+    showState(tile, head);
+    if (head.seq === tile.seq) return;
+    const url = URL.createObjectURL(new Blob([new Uint8Array(buf, 4 + n)], { type: "image/jpeg" }));
+    const old = tile.url;
+    tile.url = url;
+    tile.img.src = url;
+    if (old) URL.revokeObjectURL(old); // the shown image stays decoded; the blob is freed
+    tile.seq = head.seq;
+    tile.received += 1;
+    tile.fig.dataset.seq = String(head.seq);
+    tile.fig.dataset.received = String(tile.received);
+  }
+
+  function subscribe() {
+    if (!live || live.readyState !== WebSocket.OPEN) return;
+    const names = document.hidden ? [] : [...tiles.keys()].filter((name) => visible.has(name) && tiles.get(name).img);
+    const text = JSON.stringify({ cameras: names });
+    if (text !== subscribed) { live.send(text); subscribed = text; }
+  }
+
+  function connectLive() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    live = new WebSocket(`${proto}//${location.host}/ws/live`);
+    live.binaryType = "arraybuffer";
+    live.onopen = () => { backoff = 500; subscribed = null; if (camStatus) camStatus.textContent = ""; subscribe(); };
+    live.onmessage = (ev) => {
+      if (typeof ev.data !== "string") { showFrame(ev.data); return; }
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      if (msg.type !== "cameras") return;
+      for (const cam of msg.cameras) { const tile = tiles.get(cam.name); if (tile) showState(tile, cam); }
+    };
+    live.onclose = (ev) => {
+      live = null;
+      if (camStatus) {
+        camStatus.textContent = ev.code === 1008 ? `refused: ${ev.reason || "log in again"}` : "connection lost, reconnecting…";
+      }
+      setTimeout(connectLive, backoff); // the server may be restarting
+      backoff = Math.min(backoff * 2, 10000);
+    };
+  }
+
+  if (tiles.size) {
+    const watch = new IntersectionObserver((entries) => {
+      for (const e of entries) {
+        if (e.isIntersecting) visible.add(e.target.dataset.camera); else visible.delete(e.target.dataset.camera);
+      }
+      subscribe();
+    }, { rootMargin: "100% 0px" }); // the tiles on screen and within one more screen of it
+    for (const tile of tiles.values()) watch.observe(tile.fig);
+    document.addEventListener("visibilitychange", subscribe);
+    connectLive();
+  }
 })();
