@@ -12,6 +12,7 @@ COMMAND_MODULES: list[tuple[str, tuple[str, ...]]] = [
     ("maskwatch.vision.cli", ("detect", "bench")),
     ("maskwatch.alerts.cli", ("alerts", "events", "users")),
     ("maskwatch.web.cli", ("serve",)),
+    ("maskwatch.monitor.cli", ("monitor",)),
     ("maskwatch.train.cli", ("train", "prepare", "evaluate")),
 ]
 

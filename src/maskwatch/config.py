@@ -75,6 +75,7 @@ class CameraSettings(BaseModel):
     enabled: bool = True
     quiet_hours: str | None = None  # "22:00-06:00": no alerts from this camera in that window
     # (local time; several windows: "12:00-13:00, 22:00-06:00")
+    max_fps: float | None = Field(None, gt=0, le=120)  # process at most this many frames a second
 
     @field_validator("quiet_hours")
     @classmethod
@@ -83,6 +84,17 @@ class CameraSettings(BaseModel):
             if part.strip() and not QUIET_HOURS_RE.fullmatch(part.strip()):
                 raise ValueError(f"quiet hours must look like '22:00-06:00', got {part.strip()!r}")
         return v or None
+
+
+class MonitorSettings(BaseModel):
+    """The monitoring engine (maskwatch.monitor): its thread budget and how it degrades under load."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
+    workers: int = Field(0, ge=0, le=64)  # vision worker threads for all cameras; 0: one per CPU core
+    # detection interval under load (and on still scenes): detect every Nth frame at most, track between
+    max_detect_interval: int = Field(6, ge=1, le=30)
+    stall_after_s: float = Field(3.0, gt=0)  # a running camera without a frame this long is "stalled"
 
 
 _EMAIL_RE = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*$")
@@ -172,6 +184,7 @@ class Settings(BaseSettings):
     detector: DetectorSettings = DetectorSettings()
     models: ModelSettings = ModelSettings()
     cameras: list[CameraSettings] = []
+    monitor: MonitorSettings = MonitorSettings()
     smtp: SmtpSettings = SmtpSettings()
     alerts: AlertSettings = AlertSettings()
     privacy: PrivacySettings = PrivacySettings()

@@ -105,7 +105,9 @@ class AlertRules:
             tr = cam.tracks.get(face.track_id)
             if tr is None:
                 last_alert = self._reentry(cam, face.box, t, seen)
-                tr = cam.tracks[face.track_id] = _Track(first_seen=t, last_seen=t, box=face.box, first_box=face.box)
+                tr = cam.tracks[face.track_id] = _Track(
+                    first_seen=t, last_seen=t, box=face.box, first_box=face.box
+                )
                 tr.last_alert = last_alert
             tr.last_seen, tr.box = t, face.box
             label = face.mask.label

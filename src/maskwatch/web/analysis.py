@@ -1,8 +1,4 @@
-"""The web app's door to the vision pipeline: shared models, one Pipeline per stream, uploads.
-
-The detector and the attribute classifier are loaded once (lazily, or warmed at start) and shared; every
-stream (a server camera, a browser webcam session, an upload) gets its own `Pipeline` because the
-pipeline keeps tracker state.
+"""Uploads: a photo or a short video analysed on request, with the monitor's shared models.
 
 Example:
     >>> sniff_kind(b"\\xff\\xd8\\xff\\xe0rest")
@@ -18,16 +14,19 @@ import secrets
 import tempfile
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
 
-from maskwatch.config import Settings
-from maskwatch.types import FrameResult
+from maskwatch.monitor.models import Models, ModelsUnavailable
+from maskwatch.monitor.stream import counts, encode_jpeg
+from maskwatch.types import Face, FrameResult
+
+__all__ = ["Analyzer", "BadMedia", "ModelsUnavailable", "counts", "decode_image", "encode_jpeg", "sniff_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +34,8 @@ MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs
 MAX_STREAM_SIDE = 1920  # webcam frames larger than this are refused
 
 
-class ModelsUnavailable(RuntimeError):
-    """The detector or the attribute model could not be loaded; the message says why and what to do."""
-
-
 class BadMedia(ValueError):
     """An uploaded file that is not a usable image or video (the message is shown to the user)."""
-
-
-class StreamPipeline(Protocol):
-    def process(
-        self, frame_bgr: np.ndarray, *, source: str, frame_index: int, timestamp: float
-    ) -> FrameResult: ...
 
 
 def sniff_kind(data: bytes) -> tuple[str, str] | None:
@@ -85,107 +74,8 @@ def decode_image(data: bytes, *, max_side: int | None = None) -> np.ndarray:
     return image
 
 
-def counts(result: FrameResult, *, gender: bool) -> dict[str, int]:
-    """Live counters for one frame."""
-    c = Counter(f.mask.label for f in result.faces)
-    out = {
-        "people": len(result.faces),
-        "masked": c["mask"],
-        "unmasked": c["no_mask"],
-        "incorrect": c["incorrect"],
-        "uncertain": c["uncertain"],
-    }
-    if gender:
-        g = Counter(f.gender.label for f in result.faces)
-        out.update(man=g["man"], woman=g["woman"], gender_uncertain=g["uncertain"])
-    return out
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-class Analyzer:
-    """Loads the shared detector + attribute classifier once; makes per-stream pipelines.
-
-    `generation` changes whenever settings that affect the models change, so long-lived streams know
-    to make a new pipeline.
-    """
-
-    def __init__(self, settings: Settings, *, detector: Any = None, classifier: Any = None) -> None:
-        self._settings = settings
-        self._detector = detector
-        self._classifier = classifier
-        self._injected = detector is not None and classifier is not None
-        self._lock = threading.Lock()
-        self._error: str | None = None
-        self.generation = 0
-
-    # -- models ---------------------------------------------------------------------------------
-    def _load(self) -> tuple[Any, Any]:
-        with self._lock:
-            if self._detector is not None and self._classifier is not None:
-                return self._detector, self._classifier
-            s = self._settings
-            try:
-                from maskwatch.vision.classify import AttributeClassifier
-                from maskwatch.vision.detect import create_detector
-
-                detector = self._detector or create_detector(s.detector)
-                classifier = self._classifier or AttributeClassifier.from_dir(
-                    s.models.model_dir, uncertain_threshold=s.models.uncertain_threshold
-                )
-            except Exception as exc:  # ModelNotFoundError, DetectorError, ImportError, ONNX errors
-                self._error = f"{type(exc).__name__}: {exc}"
-                log.error("models unavailable: %s", self._error)
-                raise ModelsUnavailable(self._error) from exc
-            self._detector, self._classifier, self._error = detector, classifier, None
-            return detector, classifier
-
-    def warm(self) -> str | None:
-        """Load the models now; returns the error message or None."""
-        try:
-            self._load()
-        except ModelsUnavailable as exc:
-            return str(exc)
-        return None
-
-    @property
-    def error(self) -> str | None:
-        return self._error
-
-    @property
-    def loaded(self) -> bool:
-        return self._detector is not None and self._classifier is not None
-
-    def update_settings(self, settings: Settings) -> None:
-        old = self._settings
-        changed = settings.detector != old.detector or settings.models != old.models
-        regenerate = changed or settings.privacy.gender_enabled != old.privacy.gender_enabled
-        self._settings = settings
-        if regenerate:
-            with self._lock:
-                if changed and not self._injected:
-                    self._detector = self._classifier = None
-                self.generation += 1
-
-    def pipeline(self, *, still_photo: bool = False) -> StreamPipeline:
-        """A fresh pipeline (own tracker) sharing the loaded models; `still_photo`: for one photo."""
-        detector, classifier = self._load()
-        from maskwatch.vision.detect import still_photo_detector
-        from maskwatch.vision.pipeline import Pipeline
-
-        if still_photo:
-            detector = still_photo_detector(detector, self._settings.detector)
-        return Pipeline.from_settings(self._settings, detector=detector, classifier=classifier)
-
-    def annotate(self, image: np.ndarray, result: FrameResult, *, gender: bool) -> np.ndarray:
-        from maskwatch.vision.draw import annotate
-
-        return annotate(image, result, gender=gender)
+class Analyzer(Models):
+    """The shared models plus what uploads need: one photo or a short video, analysed on request."""
 
     # -- uploads --------------------------------------------------------------------------------
     def analyze_image(self, image: np.ndarray, *, source: str = "upload") -> FrameResult:
@@ -302,7 +192,7 @@ class UploadResults:
         return item if item is not None and item.user == user else None
 
 
-def face_row(face: Any, gender: bool) -> dict[str, Any]:
+def face_row(face: Face, gender: bool) -> dict[str, Any]:
     """One row of the upload page's face table."""
     row = {
         "track_id": face.track_id,

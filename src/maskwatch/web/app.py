@@ -12,7 +12,6 @@ import logging
 import re
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -24,7 +23,11 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maskwatch import __version__
+from maskwatch.alerts.engine import AlertEngine
+from maskwatch.alerts.mail import MailWorker
 from maskwatch.config import Settings
+from maskwatch.monitor import Monitor, effective_settings
+from maskwatch.store import Store
 from maskwatch.web.analysis import Analyzer
 from maskwatch.web.auth import LoginRequired, load_secret_key
 from maskwatch.web.runtime import Runtime
@@ -126,40 +129,33 @@ class BodyLimit:
 def create_app(
     settings: Settings | None = None,
     *,
-    store: Any = None,
+    store: Store | None = None,
     analyzer: Analyzer | None = None,
-    alerts: Any = None,
-    mailer: Any = None,
-    open_source: Any = None,
+    alerts: AlertEngine | None = None,
+    mailer: MailWorker | None = None,
     start_background: bool = True,
     https: bool = False,
 ) -> FastAPI:
-    """Build the app. Collaborators default to the real ones built from `settings`.
+    """Build the app around a `Monitor`. Collaborators default to the real ones built from `settings`
+    with the settings page's saved overrides applied.
 
-    `start_background=False` (tests) runs no mail worker, camera threads or retention job;
+    `start_background=False` (tests) runs no mail worker, camera streams or retention job;
     `https=True` (served with TLS) marks the session cookie Secure.
     """
-    settings = settings or Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    file_settings = settings or Settings()
+    file_settings.data_dir.mkdir(parents=True, exist_ok=True)
     owns_store = store is None
     if store is None:
-        from maskwatch.store import Store
-
-        store = Store.from_settings(settings)
-    if alerts is None or mailer is None:
-        from maskwatch.alerts import AlertEngine, MailWorker
-
-        alerts = alerts if alerts is not None else AlertEngine(settings, store)
-        mailer = mailer if mailer is not None else MailWorker(settings, store)
-    runtime = Runtime(
-        settings,
-        store=store,
-        analyzer=analyzer or Analyzer(settings),
+        store = Store.from_settings(file_settings)
+    effective = effective_settings(file_settings, store)
+    monitor = Monitor(
+        effective,
+        store,
+        models=analyzer or Analyzer(effective, threads=1),
         alerts=alerts,
         mailer=mailer,
-        open_source=open_source,
-        owns_store=owns_store,
     )
+    runtime = Runtime(file_settings, store=store, monitor=monitor, owns_store=owns_store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -40,9 +40,9 @@ import anyio
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response, StreamingResponse
 
+from maskwatch.monitor.stream import placeholder_jpeg
 from maskwatch.web.analysis import MAX_STREAM_SIDE, BadMedia, ModelsUnavailable, counts, decode_image
 from maskwatch.web.auth import same_origin, session_user
-from maskwatch.web.cameras import placeholder_jpeg
 from maskwatch.web.deps import PageUser, RuntimeDep
 from maskwatch.web.runtime import Runtime
 

@@ -1,0 +1,328 @@
+"""The monitor: every stream of the process, one thread budget, one alert hand-off.
+
+    reader thread per camera ─ newest frame ─▶ worker pool (`monitor.workers` threads, one per core)
+         (reconnects, paces files)              picks the due camera served longest ago, runs its
+                                                session (detect → track → classify → vote), alerts,
+                                                annotates + encodes only for viewers
+    browser webcams: `open_session()` sessions run by the web app's request threads (same models)
+    alerts: `observe()` → AlertEngine (statistics, rules, events, outbox) → MailWorker (SMTP)
+
+Scheduling instead of luck: the workers are the only threads doing vision work for cameras, and
+OpenCV and ONNX Runtime run single-threaded inside them, so four cameras never fight over two cores
+with sixteen threads. Every second the controller looks at the last second: if cameras dropped frames
+while the workers were saturated, it raises the detection interval of every camera by one (up to
+`monitor.max_detect_interval`: detect every Nth frame, track in between), and lowers it again once the
+workers have headroom, so under overload every camera degrades evenly and latency stays one frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+
+from maskwatch.alerts.engine import AlertEngine
+from maskwatch.alerts.mail import MailWorker
+from maskwatch.config import CameraSettings, Settings, apply_overrides
+from maskwatch.monitor.models import Models
+from maskwatch.monitor.reader import FrameReader, Opener
+from maskwatch.monitor.session import StreamSession
+from maskwatch.monitor.stream import CameraStream, redact_source
+from maskwatch.store import Event, Store
+from maskwatch.types import FrameResult
+
+log = logging.getLogger(__name__)
+
+CONTROL_EVERY_S = 1.0
+BUSY_HIGH = 0.85  # workers this busy while frames are dropped: overloaded
+BUSY_LOW = 0.55  # workers this idle: headroom to detect more often
+
+
+def effective_settings(file_settings: Settings, store: Store) -> Settings:
+    """The file/env settings with the overrides saved from the settings page applied (bad saved
+    overrides are logged and ignored, so they cannot lock the administrator out)."""
+    try:
+        overrides = store.get_setting_overrides() or {}
+        return apply_overrides(file_settings, overrides) if overrides else file_settings
+    except Exception as exc:  # noqa: BLE001
+        log.error("ignoring saved settings overrides: %s", exc)
+        return file_settings
+
+
+def worker_count(settings: Settings) -> int:
+    return settings.monitor.workers or max(1, os.cpu_count() or 1)
+
+
+class Monitor:
+    """Owns the camera streams, their readers and sessions, the worker pool, the alert engine and the
+    mail worker. `settings` must already be the effective settings (`effective_settings`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        models: Models | None = None,
+        alerts: AlertEngine | None = None,
+        mailer: MailWorker | None = None,
+        opener: Opener | None = None,
+        run_mail: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = models or Models(settings, threads=1)
+        self.alerts = alerts or AlertEngine(settings, store)
+        self.mailer = mailer if mailer is not None else (MailWorker(settings, store) if run_mail else None)
+        self._opener = opener
+        self._observe_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._streams: dict[str, CameraStream] = {}
+        self._configs: dict[str, CameraSettings] = {}
+        self._workers: list[threading.Thread] = []
+        self._running = False
+        self._session_ids = itertools.count(1)
+        self.detect_interval = settings.detector.detect_every
+        self._busy_s = 0.0  # worker time spent processing since the last control step
+        self._last_control = time.perf_counter()
+        self._dropped_at_control = 0
+        self._stop = threading.Event()
+        self.on_processed: Callable[[str, float], None] | None = None  # (camera, latency ms): the bench
+        # the workers' settings apply to the collaborators too, also those built from file settings
+        self.update_settings(settings, reconcile=False)
+
+    # -- settings
+    @property
+    def gender_enabled(self) -> bool:
+        return bool(self.settings.privacy.gender_enabled)
+
+    def update_settings(self, settings: Settings, *, reconcile: bool = True) -> None:
+        """Apply `settings` everywhere: models, alert engine and rules, mail worker, cameras."""
+        old = self.settings
+        self.settings = settings
+        for part in (self.models, self.alerts, self.mailer):
+            if part is None:
+                continue
+            try:
+                part.update_settings(settings)
+            except Exception as exc:  # noqa: BLE001 - one part failing must not stop the others
+                log.error("applying settings to %s failed: %s", type(part).__name__, exc)
+        if reconcile:
+            restart = old.detector != settings.detector or old.monitor != settings.monitor
+            self.reconcile(settings.cameras, restart_all=restart)
+
+    # -- alerts (every stream, cameras and webcams)
+    def observe(self, key: str, result: FrameResult, image: np.ndarray) -> list[Event]:
+        """Hand a frame's result to the alert engine; never raises. Calls are serialised (it is fast)."""
+        try:
+            with self._observe_lock:
+                return list(self.alerts.observe(key, result, image) or [])
+        except Exception as exc:  # noqa: BLE001
+            log.error("alert engine failed on %s: %s", key, exc)
+            return []
+
+    def open_session(self, prefix: str) -> StreamSession:
+        """A new stream outside the camera list (a browser webcam connection): its key is `prefix#N`,
+        unique in the process, so two tabs of one user are two streams with their own alerts."""
+        return StreamSession(
+            f"{prefix}#{next(self._session_ids)}",
+            self.models,
+            self.observe,
+            max_detect_interval=self.settings.monitor.max_detect_interval,
+        )
+
+    # -- cameras
+    def _make_stream(self, cam: CameraSettings) -> CameraStream:
+        def wake() -> None:
+            with self._cond:
+                self._cond.notify()
+
+        reader = FrameReader(cam.name, cam.source, on_frame=wake, opener=self._opener)
+        session = StreamSession(
+            cam.name, self.models, self.observe, max_detect_interval=self.settings.monitor.max_detect_interval
+        )
+        session.detect_interval = self.detect_interval
+        return CameraStream(
+            cam,
+            reader,
+            session,
+            stall_after_s=self.settings.monitor.stall_after_s,
+            gender=lambda: self.gender_enabled,
+            annotate=lambda image, result, gender: self.models.annotate(image, result, gender=gender),
+        )
+
+    def reconcile(self, cameras: list[CameraSettings], *, restart_all: bool = False) -> None:
+        """Make the running streams match `cameras` (changed ones restart; their alert state stays)."""
+        wanted = {c.name: c for c in cameras}
+        stopped = []
+        with self._cond:
+            self._configs = wanted
+            if not self._running:
+                return
+            for name in list(self._streams):
+                if restart_all or name not in wanted or wanted[name] != self._streams[name].cam:
+                    stream = self._streams.pop(name)
+                    stream.reader.stop()
+                    stopped.append(stream)
+            for name, cam in wanted.items():
+                if cam.enabled and name not in self._streams:
+                    stream = self._make_stream(cam)
+                    self._streams[name] = stream
+                    stream.reader.start()
+        for s in stopped:
+            s.reader.join(timeout=3)
+
+    def get(self, name: str) -> CameraStream | None:
+        with self._cond:
+            return self._streams.get(name)
+
+    def streams(self) -> list[CameraStream]:
+        with self._cond:
+            return list(self._streams.values())
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every configured camera with its health (disabled ones included)."""
+        with self._cond:
+            configs = list(self._configs.values())
+            streams = dict(self._streams)
+        out = []
+        for cam in configs:
+            stream = streams.get(cam.name)
+            if stream is not None:
+                d = stream.snapshot()
+            else:
+                d = {
+                    "name": cam.name,
+                    "source": redact_source(cam.source),
+                    "state": "disabled" if not cam.enabled else "stopped",
+                    "error": None,
+                    "fps": 0.0,
+                    "frames": 0,
+                    "dropped": 0,
+                    "counts": {},
+                }
+            d["enabled"] = cam.enabled
+            d["quiet_hours"] = cam.quiet_hours
+            out.append(d)
+        return out
+
+    # -- the worker pool
+    def _next_stream(self) -> CameraStream | None:
+        """The due stream served longest ago (called with the condition held)."""
+        now = time.perf_counter()
+        due = [s for s in self._streams.values() if s.due(now)]
+        return min(due, key=lambda s: s.last_served) if due else None
+
+    def _work(self) -> None:
+        cv2.setNumThreads(1)
+        while True:
+            with self._cond:
+                stream = None
+                while self._running:
+                    stream = self._next_stream()
+                    if stream is not None:
+                        break
+                    self._cond.wait(timeout=0.05)
+                if stream is None:
+                    return
+                stream.busy = True
+                stream.last_served = time.perf_counter()
+                frame = stream.reader.take()
+            t0 = time.perf_counter()
+            try:
+                if frame is not None:
+                    done = stream.process(frame)
+                    if self.on_processed is not None:
+                        self.on_processed(stream.name, done.latency_ms)
+            except Exception as exc:  # noqa: BLE001 - one camera's bad frame must not stop the others
+                stream.error = f"{type(exc).__name__}: {exc}"
+                log.warning("camera %s: %s", stream.name, stream.error)
+            finally:
+                with self._cond:
+                    stream.busy = False
+                    self._busy_s += time.perf_counter() - t0
+                    self._cond.notify()
+            self._control()
+
+    def _control(self) -> None:
+        """Once a second: adapt the detection interval of every camera to the load (see module doc)."""
+        now = time.perf_counter()
+        with self._cond:
+            window = now - self._last_control
+            if window < CONTROL_EVERY_S:
+                return
+            busy = self._busy_s / (window * max(1, len(self._workers)))
+            dropped = sum(s.reader.dropped for s in self._streams.values())
+            new_drops = dropped - self._dropped_at_control
+            self._busy_s, self._last_control, self._dropped_at_control = 0.0, now, dropped
+            s = self.settings
+            lo, hi = s.detector.detect_every, max(s.detector.detect_every, s.monitor.max_detect_interval)
+            interval = self.detect_interval
+            if new_drops > 0 and busy >= BUSY_HIGH:
+                interval = min(hi, interval + 1)
+            elif busy < BUSY_LOW:
+                interval = max(lo, interval - 1)
+            if interval != self.detect_interval:
+                log.info("detection every %d frame(s) (workers %.0f %% busy)", interval, busy * 100)
+                self.detect_interval = interval
+            for stream in self._streams.values():
+                stream.session.detect_interval = interval
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Start the mail worker, the readers and the worker pool (the models load in the background)."""
+        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "threads;1")  # decoding: one core per stream
+        if self.mailer is not None:
+            self.mailer.start()
+        threading.Thread(target=self.models.warm, name="warm-models", daemon=True).start()
+        with self._cond:
+            self._running = True
+            self._last_control = time.perf_counter()
+            self._workers = [
+                threading.Thread(target=self._work, name=f"monitor-worker-{i}", daemon=True)
+                for i in range(worker_count(self.settings))
+            ]
+        for w in self._workers:
+            w.start()
+        self.reconcile(self.settings.cameras)
+
+    def stop(self) -> None:
+        """Stop the streams and workers, store what the alert engine still holds, stop the mail worker."""
+        with self._cond:
+            self._running = False
+            streams = list(self._streams.values())
+            self._streams.clear()
+            self._cond.notify_all()
+        for s in streams:
+            s.reader.stop()
+        for w in self._workers:
+            w.join(timeout=5)
+        for s in streams:
+            s.reader.join(timeout=3)
+        for part in (self.alerts, self.mailer):
+            if part is None:
+                continue
+            try:
+                part.stop()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("stopping %s: %s", type(part).__name__, exc)
+
+    def health(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for d in self.describe():
+            states[d["state"]] = states.get(d["state"], 0) + 1
+        return {
+            "models": "loaded" if self.models.loaded else ("error" if self.models.error else "not loaded"),
+            "models_error": self.models.error,
+            "cameras": len(self._configs),
+            "camera_states": states,
+            "workers": len(self._workers),
+            "detect_interval": self.detect_interval,
+            "alerts": dict(self.alerts.health),
+        }

@@ -1,0 +1,224 @@
+"""A configured camera: its reader, its session, its health, and the latest annotated frame for viewers.
+
+Viewers (the Live page's socket, MJPEG streams) only read the latest state, and a frame is annotated and
+JPEG-encoded only while someone subscribes, so any number of viewers cost at most one encode per frame
+and no viewer costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from maskwatch.config import CameraSettings
+from maskwatch.monitor.reader import Captured, FrameReader
+from maskwatch.monitor.session import StreamSession
+from maskwatch.types import FrameResult
+
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+LATENCY_WINDOW = 300  # frames kept for the latency percentiles
+
+
+def redact_source(source: str) -> str:
+    """A camera source fit to show: credentials in URLs replaced by ***."""
+    return _CREDENTIALS.sub("***@", source)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def placeholder_jpeg(text: str, size: tuple[int, int] = (640, 360)) -> bytes:
+    w, h = size
+    img = np.full((h, w, 3), 40, np.uint8)
+    cv2.putText(img, text[:48], (20, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (220, 220, 220), 2, cv2.LINE_AA)
+    return encode_jpeg(img, 70)
+
+
+def counts(result: FrameResult, *, gender: bool) -> dict[str, int]:
+    """Live counters for one frame."""
+    c = Counter(f.mask.label for f in result.faces)
+    out = {
+        "people": len(result.faces),
+        "masked": c["mask"],
+        "unmasked": c["no_mask"],
+        "incorrect": c["incorrect"],
+        "uncertain": c["uncertain"],
+    }
+    if gender:
+        g = Counter(f.gender.label for f in result.faces)
+        out.update(man=g["man"], woman=g["woman"], gender_uncertain=g["uncertain"])
+    return out
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+@dataclass
+class Processed:
+    """What one worker pass produced (for the bench and tests)."""
+
+    result: FrameResult
+    latency_ms: float
+    work_ms: float
+
+
+class CameraStream:
+    """One camera. The monitor's workers call `process(frame)`; viewers call `latest`, `snapshot`,
+    `subscribe`."""
+
+    def __init__(
+        self,
+        cam: CameraSettings,
+        reader: FrameReader,
+        session: StreamSession,
+        *,
+        stall_after_s: float,
+        gender: Callable[[], bool],
+        annotate: Callable[[np.ndarray, FrameResult, bool], np.ndarray],
+    ) -> None:
+        self.cam = cam
+        self.reader = reader
+        self.session = session
+        self.stall_after_s = stall_after_s
+        self._gender = gender
+        self._annotate = annotate
+        self.busy = False  # a worker is processing it (guarded by the monitor's condition)
+        self.next_due = 0.0  # perf_counter time before which its fps cap keeps it waiting
+        self.last_served = 0.0
+        self._lock = threading.Lock()
+        self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self.seq = 0
+        self.frames = 0
+        self.fps = 0.0
+        self._last_done: float | None = None
+        self._jpeg: bytes | None = None
+        self._jpeg_seq = -1
+        self._last: tuple[np.ndarray, FrameResult, bool] | None = None  # for encoding on request
+        self._counts: dict[str, int] = {}
+        self._latency: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._work_ms: float | None = None
+        self.error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cam.name
+
+    # -- the worker side
+    def due(self, now: float) -> bool:
+        return not self.busy and self.reader.has_frame and now >= self.next_due
+
+    def process(self, frame: Captured) -> Processed:
+        t0 = time.perf_counter()
+        if self.cam.max_fps:
+            self.next_due = t0 + 1.0 / self.cam.max_fps
+        result, _events = self.session.process(frame.image, frame.captured_at)
+        gender = bool(self._gender())
+        jpeg = None
+        if self._subscribers:
+            jpeg = encode_jpeg(self._annotate(frame.image, result, gender), 75)
+        done = time.perf_counter()
+        latency = (done - frame.captured_mono) * 1000
+        with self._lock:
+            if self._last_done is not None:
+                dt = max(done - self._last_done, 1e-6)
+                self.fps = 1.0 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
+            self._last_done = done
+            self.frames += 1
+            self.seq += 1
+            if jpeg is not None:
+                self._jpeg, self._jpeg_seq = jpeg, self.seq
+            self._last = (frame.image, result, gender)
+            self._counts = counts(result, gender=gender)
+            self._latency.append(latency)
+            self._work_ms = (done - t0) * 1000
+            self.error = None
+        self._notify()
+        return Processed(result, latency, (done - t0) * 1000)
+
+    # -- the viewer side
+    def subscribe(self) -> asyncio.Event:
+        """An event (of the running loop) set whenever a new frame is published; `unsubscribe` it."""
+        event = asyncio.Event()
+        with self._lock:
+            self._subscribers.add((asyncio.get_running_loop(), event))
+        return event
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        with self._lock:
+            self._subscribers = {s for s in self._subscribers if s[1] is not event}
+
+    def _notify(self) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for loop, event in subscribers:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop is closed
+                self.unsubscribe(event)
+
+    @property
+    def stopped(self) -> bool:
+        return self.reader.stopped
+
+    def latest(self) -> tuple[int, bytes | None]:
+        """(seq, the latest annotated JPEG); encoded here if no subscriber made the worker encode it."""
+        with self._lock:
+            seq, jpeg, last = self.seq, self._jpeg, self._last
+            stale = self._jpeg_seq != seq
+        if jpeg is None and last is None and self.state in ("reconnecting", "down", "stalled"):
+            return seq, placeholder_jpeg(f"{self.name}: {self.state}")
+        if stale and last is not None:
+            image, result, gender = last
+            jpeg = encode_jpeg(self._annotate(image, result, gender), 75)
+            with self._lock:
+                if self._jpeg_seq < seq:
+                    self._jpeg, self._jpeg_seq = jpeg, seq
+        return seq, jpeg
+
+    @property
+    def state(self) -> str:
+        r = self.reader
+        stale = r.last_frame_mono is not None and time.perf_counter() - r.last_frame_mono > self.stall_after_s
+        return "stalled" if r.state == "running" and stale else r.state
+
+    def snapshot(self) -> dict[str, Any]:
+        """The camera's public state (the API and the Live page)."""
+        r = self.reader
+        with self._lock:
+            lat = list(self._latency)
+            age = None if r.last_frame_mono is None else time.perf_counter() - r.last_frame_mono
+            p50, p95 = percentile(lat, 50), percentile(lat, 95)
+            return {
+                "name": self.name,
+                "source": redact_source(self.cam.source),
+                "state": self.state,
+                "error": r.error if self.state in ("reconnecting", "down") else self.error,
+                "fps": round(self.fps, 1),
+                "frames": self.frames,
+                "frames_read": r.frames_read,
+                "dropped": r.dropped,
+                "reconnects": r.reconnects,
+                "counts": dict(self._counts),
+                "last_frame_at": r.last_frame_at,
+                "last_frame_age_s": None if age is None else round(age, 2),
+                "latency_ms": None if p50 is None else {"p50": round(p50, 1), "p95": round(p95 or p50, 1)},
+                "processing_ms": None if self._work_ms is None else round(self._work_ms, 1),
+                "detect_interval": self.session.detect_interval,
+            }
