@@ -9,10 +9,13 @@
 
 Scheduling instead of luck: the workers are the only threads doing vision work for cameras, and
 OpenCV and ONNX Runtime run single-threaded inside them, so four cameras never fight over two cores
-with sixteen threads. Every second the controller looks at the last second: if cameras dropped frames
-while the workers were saturated, it raises the detection interval of every camera by one (up to
-`monitor.max_detect_interval`: detect every Nth frame, track in between), and lowers it again once the
-workers have headroom, so under overload every camera degrades evenly and latency stays one frame.
+with sixteen threads. The detector is shared: at most `workers - 1` detections run at once, and a
+camera whose turn to detect comes while the detector is busy tracks one more frame instead of waiting.
+Every second the controller looks at the last second: if cameras dropped frames while waiting for a
+worker (not while their own previous frame was still being processed), it raises the
+detection interval of every camera by one (up to `monitor.max_detect_interval`: detect every Nth frame,
+track in between), and lowers it again after 10 s with idle workers and no drops, so under overload
+every camera degrades evenly and latency stays about one frame.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from maskwatch.types import FrameResult
 log = logging.getLogger(__name__)
 
 CONTROL_EVERY_S = 1.0
-BUSY_HIGH = 0.85  # workers this busy while frames are dropped: overloaded
-BUSY_LOW = 0.55  # workers this idle: headroom to detect more often
+DROP_TOLERANCE = 0.01  # more of the frames read than this dropped in a second: detect less often
+BUSY_LOW = 0.55  # workers less busy than this, without drops ...
+CALM_BEFORE_LOWER_S = 10.0  # ... for this long: detect more often again
 
 
 def effective_settings(file_settings: Settings, store: Store) -> Settings:
@@ -92,7 +96,10 @@ class Monitor:
         self._busy_s = 0.0  # worker time spent processing since the last control step
         self._last_control = time.perf_counter()
         self._dropped_at_control = 0
+        self._read_at_control = 0
+        self._calm_s = 0.0
         self._stop = threading.Event()
+        self._detector_slots = threading.BoundedSemaphore(1)
         self.on_processed: Callable[[str, float], None] | None = None  # (camera, latency ms): the bench
         # the workers' settings apply to the collaborators too, also those built from file settings
         self.update_settings(settings, reconcile=False)
@@ -235,15 +242,18 @@ class Monitor:
                 stream.last_served = time.perf_counter()
                 frame = stream.reader.take()
             t0 = time.perf_counter()
+            detector = self._detector_slots.acquire(blocking=False)
             try:
                 if frame is not None:
-                    done = stream.process(frame)
+                    done = stream.process(frame, may_detect=detector)
                     if self.on_processed is not None:
                         self.on_processed(stream.name, done.latency_ms)
             except Exception as exc:  # noqa: BLE001 - one camera's bad frame must not stop the others
                 stream.error = f"{type(exc).__name__}: {exc}"
                 log.warning("camera %s: %s", stream.name, stream.error)
             finally:
+                if detector:
+                    self._detector_slots.release()
                 with self._cond:
                     stream.busy = False
                     self._busy_s += time.perf_counter() - t0
@@ -258,18 +268,27 @@ class Monitor:
             if window < CONTROL_EVERY_S:
                 return
             busy = self._busy_s / (window * max(1, len(self._workers)))
-            dropped = sum(s.reader.dropped for s in self._streams.values())
-            new_drops = dropped - self._dropped_at_control
-            self._busy_s, self._last_control, self._dropped_at_control = 0.0, now, dropped
+            read = sum(s.reader.frames_read for s in self._streams.values())
+            dropped = sum(s.reader.dropped_waiting for s in self._streams.values())
+            new_read, new_drops = read - self._read_at_control, dropped - self._dropped_at_control
+            self._busy_s, self._last_control = 0.0, now
+            self._read_at_control, self._dropped_at_control = read, dropped
             s = self.settings
             lo, hi = s.detector.detect_every, max(s.detector.detect_every, s.monitor.max_detect_interval)
             interval = self.detect_interval
-            if new_drops > 0 and busy >= BUSY_HIGH:
-                interval = min(hi, interval + 1)
-            elif busy < BUSY_LOW:
-                interval = max(lo, interval - 1)
+            self._calm_s = self._calm_s + window if busy < BUSY_LOW and new_drops == 0 else 0.0
+            if new_drops > DROP_TOLERANCE * max(new_read, 1):
+                interval = min(hi, interval + 1)  # frames lost waiting for a worker: overloaded
+            elif self._calm_s >= CALM_BEFORE_LOWER_S:
+                interval, self._calm_s = max(lo, interval - 1), 0.0
             if interval != self.detect_interval:
-                log.info("detection every %d frame(s) (workers %.0f %% busy)", interval, busy * 100)
+                log.info(
+                    "detection every %d frame(s) (workers %.0f %% busy, %d of %d frames dropped)",
+                    interval,
+                    busy * 100,
+                    new_drops,
+                    new_read,
+                )
                 self.detect_interval = interval
             for stream in self._streams.values():
                 stream.session.detect_interval = interval
@@ -284,9 +303,12 @@ class Monitor:
         with self._cond:
             self._running = True
             self._last_control = time.perf_counter()
+            n = worker_count(self.settings)
+            # the detector is the big cost (tens of ms a frame): with 2+ workers one always stays free
+            # for tracked frames, so a long detection never makes the other cameras drop frames
+            self._detector_slots = threading.BoundedSemaphore(max(1, n - 1))
             self._workers = [
-                threading.Thread(target=self._work, name=f"monitor-worker-{i}", daemon=True)
-                for i in range(worker_count(self.settings))
+                threading.Thread(target=self._work, name=f"monitor-worker-{i}", daemon=True) for i in range(n)
             ]
         for w in self._workers:
             w.start()

@@ -65,6 +65,10 @@ class FrameReader(threading.Thread):
         self.live: bool | None = None  # known once opened
         self.frames_read = 0
         self.dropped = 0
+        # of those, dropped while no worker was on this stream (the workers were all busy elsewhere:
+        # the overload signal; the others came while its own last frame was still being processed)
+        self.dropped_waiting = 0
+        self.consumer_busy = False
         self.last_frame_at: float | None = None  # wall time
         self.last_frame_mono: float | None = None
         self.reconnects = 0
@@ -92,6 +96,7 @@ class FrameReader(threading.Thread):
         with self._lock:
             if self._slot is not None:
                 self.dropped += 1
+                self.dropped_waiting += not self.consumer_busy
             self._slot = Captured(image, self.frames_read, now, mono)
             self.frames_read += 1
             self.last_frame_at, self.last_frame_mono = now, mono

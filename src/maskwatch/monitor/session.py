@@ -46,11 +46,16 @@ class StreamSession:
             )
         return self._pipeline
 
-    def process(self, image: np.ndarray, timestamp: float) -> tuple[FrameResult, list[Event]]:
-        """Run the pipeline on one frame and hand the result to the alerts; (result, new alert events)."""
+    def process(
+        self, image: np.ndarray, timestamp: float, *, may_detect: bool = True
+    ) -> tuple[FrameResult, list[Event]]:
+        """Run the pipeline on one frame and hand the result to the alerts; (result, new alert events).
+        `may_detect=False`: the shared detector is busy, coast this frame if the stream can."""
         pipe = self.pipeline
         if self.detect_interval is not None:
             pipe.detect_interval = max(pipe.detect_every, min(self.detect_interval, pipe.max_detect_interval))
-        result = pipe.process(image, source=self.key, frame_index=self.frames, timestamp=timestamp)
+        result = pipe.process(
+            image, source=self.key, frame_index=self.frames, timestamp=timestamp, may_detect=may_detect
+        )
         self.frames += 1
         return result, self.sink(self.key, result, image)

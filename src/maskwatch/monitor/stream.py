@@ -99,7 +99,7 @@ class CameraStream:
         self.stall_after_s = stall_after_s
         self._gender = gender
         self._annotate = annotate
-        self.busy = False  # a worker is processing it (guarded by the monitor's condition)
+        self._busy = False  # a worker is processing it (guarded by the monitor's condition)
         self.next_due = 0.0  # perf_counter time before which its fps cap keeps it waiting
         self.last_served = 0.0
         self._lock = threading.Lock()
@@ -120,15 +120,23 @@ class CameraStream:
     def name(self) -> str:
         return self.cam.name
 
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        self._busy = self.reader.consumer_busy = value
+
     # -- the worker side
     def due(self, now: float) -> bool:
         return not self.busy and self.reader.has_frame and now >= self.next_due
 
-    def process(self, frame: Captured) -> Processed:
+    def process(self, frame: Captured, *, may_detect: bool = True) -> Processed:
         t0 = time.perf_counter()
         if self.cam.max_fps:
             self.next_due = t0 + 1.0 / self.cam.max_fps
-        result, _events = self.session.process(frame.image, frame.captured_at)
+        result, _events = self.session.process(frame.image, frame.captured_at, may_detect=may_detect)
         gender = bool(self._gender())
         jpeg = None
         if self._subscribers:

@@ -395,7 +395,17 @@ def _peak_rss_mb() -> float | None:
 
 
 @click.command()
-@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("videos", nargs=-1, required=True, metavar="SOURCE...")
+@click.option(
+    "--cameras",
+    type=click.IntRange(1, 64),
+    help="Run N streams through the monitoring engine as `serve` does (SOURCEs: files played in real "
+    "time, rtsp:// or http:// streams, camera indexes; reused in turn) and print per-camera fps, drops, "
+    "latency, CPU per frame and peak RSS.",
+)
+@click.option(
+    "--seconds", default=30.0, show_default=True, type=click.FloatRange(min=1), help="With --cameras."
+)
 @click.option(
     "--frames",
     "total_frames",
@@ -432,7 +442,9 @@ def _peak_rss_mb() -> float | None:
 )
 @common_options
 def bench(
-    videos: tuple[Path, ...],
+    videos: tuple[str, ...],
+    cameras: int | None,
+    seconds: float,
     total_frames: int,
     size_text: str,
     json_path: Path | None,
@@ -451,6 +463,18 @@ def bench(
     Example:
       maskwatch bench ../shared/data/videos/*.mp4 --frames 300 --json bench.json
     """
+    if cameras:
+        from maskwatch.monitor.bench import run_cameras
+
+        try:
+            cam_report = run_cameras(settings, list(videos), cameras, seconds=seconds)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        text = json.dumps(cam_report, indent=2)
+        click.echo(text)
+        if json_path:
+            json_path.write_text(text + "\n")
+        return
     import cv2
 
     from maskwatch.sources import SourceError, open_source
@@ -461,7 +485,8 @@ def bench(
     if threads:
         cv2.setNumThreads(threads)
         os.environ["MASKWATCH_ORT_THREADS"] = str(threads)
-    for v in videos:
+    files = [Path(v) for v in videos]
+    for v in files:
         if not v.is_file():
             raise click.ClickException(f"no such video file: {v}")
         try:
@@ -476,7 +501,7 @@ def bench(
     every = settings.models.reclassify_every
 
     tmp = tempfile.TemporaryDirectory(prefix="maskwatch-bench-")
-    inputs = list(videos)
+    inputs = list(files)
     if grid > 1:
         inputs = [write_mosaic(inputs, Path(tmp.name) / "mosaic.avi", total_frames, size or (640, 480), grid)]
 
@@ -505,7 +530,7 @@ def bench(
         "size": list(size) if size else "native",
         "grid": grid,
         "detect_every": detect_every,
-        "videos": [v.name for v in videos],
+        "videos": [v.name for v in files],
         **main,
         "baseline_fps": baseline["fps"],
         "baseline": baseline,

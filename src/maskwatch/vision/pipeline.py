@@ -167,10 +167,13 @@ class Pipeline:
         source: str = "",
         frame_index: int | None = None,
         timestamp: float | None = None,
+        may_detect: bool = True,
     ) -> FrameResult:
+        """One frame. `may_detect=False` (the detector is busy with another stream) makes a tracked
+        stream coast this frame unless it must detect (its first frame, or too long without)."""
         frame_bgr = as_bgr(frame_bgr)
         t0 = time.perf_counter()
-        coast = self._should_coast(frame_bgr)
+        coast = self._should_coast(frame_bgr, may_detect)
         faces = [] if coast else self.detector.detect(frame_bgr)
         t1 = time.perf_counter()
         if coast:
@@ -242,13 +245,15 @@ class Pipeline:
         t3 = time.perf_counter()
         return out, (t1 - t0) + (t3 - t2), t2 - t1
 
-    def _should_coast(self, frame_bgr: np.ndarray) -> bool:
+    def _should_coast(self, frame_bgr: np.ndarray, may_detect: bool = True) -> bool:
         """Skip the detector on this frame (report the tracked faces moved by their velocity)?"""
         if self.max_detect_interval <= 1 or self._detected_thumb is None:
             if self.max_detect_interval > 1:
                 self._detected_thumb = motion_thumbnail(frame_bgr)
             return False
         since = self._since_detect + 1  # frames since the last detection, this one included
+        if not may_detect and since < 2 * self.max_detect_interval:
+            return True
         if since >= self.max_detect_interval:
             coast = False
         elif since < self.detect_interval:
