@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from smtp_sink import SmtpSink
 
 from maskwatch.config import apply_overrides
 from maskwatch.monitor import Monitor
 from maskwatch.store import Store
 from maskwatch.web import create_app
+from smtp_sink import SmtpSink
 from web_helpers import PASSWORD, face_tiles, jpeg, login, scene, shared_yunet, web_settings
 
 FAST_ALERTS = {"min_frames": 3, "min_seconds": 0.0, "min_confidence": 0.6}

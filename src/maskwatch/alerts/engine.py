@@ -52,9 +52,14 @@ def parse_quiet_hours(spec: str | None) -> list[tuple[dtime, dtime]]:
             continue
         if not QUIET_HOURS_RE.fullmatch(part.strip()):
             raise ValueError(f"quiet hours must look like '22:00-06:00', got {part.strip()!r}")
-        a, b = (dtime(*map(int, x.strip().split(":"))) for x in part.split("-"))
+        a, b = (_clock_time(x) for x in part.split("-"))
         windows.append((a, b))
     return windows
+
+
+def _clock_time(text: str) -> dtime:
+    hours, minutes = text.strip().split(":")
+    return dtime(int(hours), int(minutes))
 
 
 def in_quiet_hours(windows: list[tuple[dtime, dtime]], now: dtime) -> bool:

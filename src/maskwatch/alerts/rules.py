@@ -146,7 +146,8 @@ class AlertRules:
             return None
         for tid in [i for i, tr in cam.tracks.items() if i not in seen and tr.last_alert is not None]:
             tr = cam.tracks.pop(tid)  # an alerted track missing from this frame counts as having left
-            cam.left.append(_Left((tr.first_box, tr.box), tr.last_seen, tr.last_alert))
+            if tr.last_alert is not None:
+                cam.left.append(_Left((tr.first_box, tr.box), tr.last_seen, tr.last_alert))
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         best, best_d = None, None
         for left in cam.left:

@@ -122,7 +122,7 @@ class Analyzer(Models):
                     drawn = self.annotate(frame, result, gender=gender)
                     if writer is None:
                         writer = cv2.VideoWriter(
-                            str(out_path), cv2.VideoWriter_fourcc(*"VP80"), fps / stride, (w, h)
+                            str(out_path), cv2.VideoWriter.fourcc(*"VP80"), fps / stride, (w, h)
                         )
                     writer.write(drawn)
             finally:

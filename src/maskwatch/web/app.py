@@ -204,12 +204,12 @@ def create_app(
 
     app.add_middleware(
         SessionMiddleware,
-        secret_key=load_secret_key(settings.web.secret_key, settings.data_dir),
+        secret_key=load_secret_key(file_settings.web.secret_key, file_settings.data_dir),
         session_cookie=SESSION_COOKIE,
         max_age=SESSION_MAX_AGE_S,
         same_site="lax",
         https_only=https,
     )
-    app.add_middleware(BodyLimit, max_upload_bytes=settings.web.max_upload_mb << 20)
+    app.add_middleware(BodyLimit, max_upload_bytes=file_settings.web.max_upload_mb << 20)
     app.add_middleware(SecurityHeaders)
     return app

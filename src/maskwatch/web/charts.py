@@ -158,13 +158,13 @@ def time_axis(
     >>> [None if b is None else b["people"] for _, b in axis]
     [1, None, None]
     """
-    by_time = {}
+    by_time: dict[datetime, dict] = {}
     for b in buckets:
         try:
             by_time[datetime.fromisoformat(b["t"])] = b
         except (KeyError, TypeError, ValueError):
             continue
-    out = []
+    out: list[tuple[datetime, dict | None]] = []
     t, step = _floor(start, bucket), _STEPS[bucket]
     while t <= end and len(out) < 2000:
         out.append((t, by_time.get(t)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from starlette.datastructures import FormData, UploadFile
@@ -65,7 +65,7 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-async def read_upload(file: Any, max_bytes: int) -> tuple[bytes, str, str]:
+async def read_upload(file: UploadFile | str | None, max_bytes: int) -> tuple[bytes, str, str]:
     """(data, kind, suffix) of an uploaded file, or HTTPException with a clear 4xx."""
     if not isinstance(file, UploadFile):
         raise HTTPException(400, "no file uploaded: send it as multipart form field 'file'")

@@ -106,7 +106,8 @@ def settings_overrides(form: Mapping[str, Any], current: Settings) -> dict[str, 
         out["smtp"]["password"] = None
     else:
         out["smtp"]["password"] = current.smtp.password
-    cameras = []
+    cameras: list[dict[str, object]] = []
+    max_fps = {c.name: c.max_fps for c in current.cameras}  # not on the form: kept from the settings
     i = 0
     while f"cam-{i}-name" in form or f"cam-{i}-source" in form:
         name, source = _text(form, f"cam-{i}-name"), _text(form, f"cam-{i}-source")
@@ -117,10 +118,11 @@ def settings_overrides(form: Mapping[str, Any], current: Settings) -> dict[str, 
                     "source": source,
                     "enabled": form.get(f"cam-{i}-enabled") == "on",
                     "quiet_hours": _text(form, f"cam-{i}-quiet") or None,
+                    "max_fps": max_fps.get(name),
                 }
             )
         i += 1
-    names = [c["name"] for c in cameras]
+    names = [str(c["name"]) for c in cameras]
     for name in names:
         if not name or "/" in name or names.count(name) > 1:
             raise ValueError(f"camera names must be present, unique and without '/': {name!r}")

@@ -40,7 +40,8 @@ import anyio
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response, StreamingResponse
 
-from maskwatch.monitor.stream import placeholder_jpeg
+from maskwatch.monitor.stream import CameraStream, placeholder_jpeg
+from maskwatch.store import Event
 from maskwatch.web.analysis import MAX_STREAM_SIDE, BadMedia, ModelsUnavailable, counts, decode_image
 from maskwatch.web.auth import same_origin, session_user
 from maskwatch.web.deps import PageUser, RuntimeDep
@@ -112,7 +113,7 @@ async def webcam(ws: WebSocket) -> None:
         return
 
 
-def _event_brief(event, gender: bool) -> dict:
+def _event_brief(event: Event, gender: bool) -> dict:
     d = {
         "id": getattr(event, "id", None),
         "camera": event.camera,
@@ -255,7 +256,7 @@ async def live(ws: WebSocket) -> None:
     await _LiveFeed(ws, rt).run()
 
 
-def _worker_or_404(rt, name: str):
+def _worker_or_404(rt: Runtime, name: str) -> CameraStream:
     worker = rt.cameras.get(name)
     if worker is None:
         raise HTTPException(404, f"no running camera named {name!r}")

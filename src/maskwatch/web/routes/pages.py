@@ -21,6 +21,7 @@ from maskwatch.web.analysis import BadMedia, ModelsUnavailable, analyze_upload, 
 from maskwatch.web.auth import client_address, create_user, login_session, safe_next, session_user
 from maskwatch.web.charts import bar_chart, line_chart, time_axis
 from maskwatch.web.deps import CsrfForm, PageUser, RuntimeDep, read_upload, utc
+from maskwatch.web.runtime import Runtime
 from maskwatch.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -423,7 +424,7 @@ def outbox_message(request: Request, message_id: int, rt: RuntimeDep, user: Page
 # -- settings, users, tokens --------------------------------------------------------------------
 
 
-def _settings_page(request: Request, rt, status_code: int = 200, **extra: Any):
+def _settings_page(request: Request, rt: Runtime, status_code: int = 200, **extra: Any):
     s = rt.settings
     ctx = {
         "sections": forms.form_values(s),
