@@ -136,9 +136,12 @@ class VideoSource(FrameSource):
         self.is_live = live
         self.reconnect = reconnect and live
         self.max_retries = max_retries
-        self._cap = self._open()
-        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        cap = self._open()
+        self._cap: cv2.VideoCapture | None = cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else None
+        count = 0 if live else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count: int | None = count if count > 0 else None  # files, when the container says
 
     def _open(self) -> cv2.VideoCapture:
         if isinstance(self.target, int):

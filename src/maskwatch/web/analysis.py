@@ -24,6 +24,7 @@ import numpy as np
 
 from maskwatch.monitor.models import Models, ModelsUnavailable
 from maskwatch.monitor.stream import counts, encode_jpeg
+from maskwatch.sources import SourceError, VideoSource
 from maskwatch.types import Face, FrameResult
 
 __all__ = ["Analyzer", "BadMedia", "ModelsUnavailable", "counts", "decode_image", "encode_jpeg", "sniff_kind"]
@@ -90,26 +91,24 @@ class Analyzer(Models):
         with tempfile.TemporaryDirectory(prefix="maskwatch-upload-") as tmp:
             src = Path(tmp) / f"input{suffix}"  # server-chosen name; nothing from the client
             src.write_bytes(data)
-            cap = cv2.VideoCapture(str(src))
-            if not cap.isOpened():
-                raise BadMedia("the video could not be opened (corrupt or unsupported codec)")
-            fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-            fps = fps if 1.0 <= fps <= 120.0 else 25.0
-            total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            try:
+                video = VideoSource(str(src), live=False)
+            except SourceError as exc:
+                raise BadMedia("the video could not be opened (corrupt or unsupported codec)") from exc
+            fps = video.fps if video.fps and 1.0 <= video.fps <= 120.0 else 25.0
+            total = video.frame_count or 0
             if total and total / fps > max_seconds:
-                cap.release()
+                video.close()
                 raise BadMedia(f"the video is longer than {max_seconds:.0f} s; upload a shorter clip")
             stride = max(1, -(-total // max_frames)) if total else 1
             out_path = Path(tmp) / "annotated.webm"
             writer = None
             results: list[FrameResult] = []
-            index = -1
             try:
-                while len(results) < max_frames:
-                    ok, frame = cap.read()
-                    if not ok:
+                for item in video:
+                    if len(results) >= max_frames:
                         break
-                    index += 1
+                    index, frame = item.index, item.image
                     if index % stride:
                         continue
                     h, w = frame.shape[:2]
@@ -126,7 +125,7 @@ class Analyzer(Models):
                         )
                     writer.write(drawn)
             finally:
-                cap.release()
+                video.close()
                 if writer is not None:
                     writer.release()
             if not results:
