@@ -150,7 +150,13 @@ class Monitor:
             with self._cond:
                 self._cond.notify()
 
-        reader = FrameReader(cam.name, cam.source, on_frame=wake, opener=self._opener)
+        reader = FrameReader(
+            cam.name,
+            cam.source,
+            on_frame=wake,
+            opener=self._opener,
+            stall_after_s=self.settings.monitor.stall_after_s,
+        )
         session = StreamSession(
             cam.name, self.models, self.observe, max_detect_interval=self.settings.monitor.max_detect_interval
         )

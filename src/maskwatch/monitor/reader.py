@@ -24,6 +24,7 @@ from maskwatch.sources import FrameSource, SourceError, open_source
 log = logging.getLogger(__name__)
 
 DOWN_AFTER_FAILURES = 3
+RESUMED_AFTER_S = 0.5
 IMAGE_FOLDER_FPS = 1.0  # an image folder configured as a camera shows one image a second
 Opener = Callable[..., FrameSource]
 
@@ -51,12 +52,14 @@ class FrameReader(threading.Thread):
         on_frame: Callable[[], None] = lambda: None,
         opener: Opener | None = None,
         retry_max_s: float = 8.0,
+        stall_after_s: float = 3.0,
     ) -> None:
         super().__init__(name=f"reader-{name}", daemon=True)
         self.spec = spec
         self._on_frame = on_frame
         self._opener = opener or open_source
         self._retry_max_s = retry_max_s
+        self._stall_after_s = stall_after_s
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._slot: Captured | None = None
@@ -71,6 +74,8 @@ class FrameReader(threading.Thread):
         self.consumer_busy = False
         self.last_frame_at: float | None = None  # wall time
         self.last_frame_mono: float | None = None
+        self.resumed_mono: float | None = None  # when frames came again after a stall
+        self._connected_mono = 0.0  # when the source was last opened
         self.reconnects = 0
 
     # -- consumer side
@@ -93,6 +98,12 @@ class FrameReader(threading.Thread):
     # -- reader side
     def _publish(self, image: np.ndarray) -> None:
         now, mono = time.time(), time.perf_counter()
+        last = self.last_frame_mono
+        if last is not None and last >= self._connected_mono and mono - last > self._stall_after_s:
+            # frames after a stall may be old ones the decoder or the socket still held (a frozen stream
+            # that then closes delivers them at once): the stream counts as back only once frames keep
+            # coming for RESUMED_AFTER_S (see CameraStream.state)
+            self.resumed_mono = mono
         with self._lock:
             if self._slot is not None:
                 self.dropped += 1
@@ -114,6 +125,7 @@ class FrameReader(threading.Thread):
                 self._failed(str(exc), failures)
                 continue
             self.live = bool(source.is_live)
+            self._connected_mono = time.perf_counter()
             if self.state != "running":
                 self.state = "starting"
             try:

@@ -20,12 +20,14 @@ import cv2
 import numpy as np
 
 from maskwatch.config import CameraSettings
-from maskwatch.monitor.reader import Captured, FrameReader
+from maskwatch.monitor.reader import RESUMED_AFTER_S, Captured, FrameReader
 from maskwatch.monitor.session import StreamSession
 from maskwatch.types import FrameResult
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 LATENCY_WINDOW = 300  # frames kept for the latency percentiles
+FPS_WINDOW_S = 2.0  # processed fps: frames finished in the last 2 s
+FPS_WINDOW_FRAMES = 256
 
 
 def redact_source(source: str) -> str:
@@ -106,8 +108,7 @@ class CameraStream:
         self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.seq = 0
         self.frames = 0
-        self.fps = 0.0
-        self._last_done: float | None = None
+        self._done: deque[float] = deque(maxlen=FPS_WINDOW_FRAMES)  # when the last frames were finished
         self._jpeg: bytes | None = None
         self._jpeg_seq = -1
         self._last: tuple[np.ndarray, FrameResult, bool] | None = None  # for encoding on request
@@ -144,10 +145,7 @@ class CameraStream:
         done = time.perf_counter()
         latency = (done - frame.captured_mono) * 1000
         with self._lock:
-            if self._last_done is not None:
-                dt = max(done - self._last_done, 1e-6)
-                self.fps = 1.0 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
-            self._last_done = done
+            self._done.append(done)
             self.frames += 1
             self.seq += 1
             if jpeg is not None:
@@ -201,14 +199,29 @@ class CameraStream:
         return seq, jpeg
 
     @property
+    def fps(self) -> float:
+        """Frames processed per second over the last `FPS_WINDOW_S`; 0 once none came in that time."""
+        now = time.perf_counter()
+        with self._lock:
+            recent = [t for t in self._done if now - t <= FPS_WINDOW_S]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    @property
     def state(self) -> str:
         r = self.reader
-        stale = r.last_frame_mono is not None and time.perf_counter() - r.last_frame_mono > self.stall_after_s
-        return "stalled" if r.state == "running" and stale else r.state
+        if r.state != "running" or r.last_frame_mono is None:
+            return r.state
+        now = time.perf_counter()
+        stale = now - r.last_frame_mono > self.stall_after_s
+        resuming = r.resumed_mono is not None and now - r.resumed_mono < RESUMED_AFTER_S
+        return "stalled" if stale or resuming else "running"
 
     def snapshot(self) -> dict[str, Any]:
         """The camera's public state (the API and the Live page)."""
         r = self.reader
+        fps = self.fps
         with self._lock:
             lat = list(self._latency)
             age = None if r.last_frame_mono is None else time.perf_counter() - r.last_frame_mono
@@ -218,7 +231,7 @@ class CameraStream:
                 "source": redact_source(self.cam.source),
                 "state": self.state,
                 "error": r.error if self.state in ("reconnecting", "down") else self.error,
-                "fps": round(self.fps, 1),
+                "fps": round(fps, 1),
                 "frames": self.frames,
                 "frames_read": r.frames_read,
                 "dropped": r.dropped,

@@ -231,7 +231,9 @@
     tile.fig.dataset.state = cam.state;
     set("state", cam.state);
     set("fps", cam.fps);
-    set("processing_ms", cam.processing_ms ?? "–");
+    set("latency", cam.latency_ms ? cam.latency_ms.p95 : "–");
+    set("dropped", cam.dropped ?? 0);
+    set("age", cam.last_frame_age_s ?? "–");
     set("error", cam.error || "");
     for (const [k, v] of Object.entries(cam.counts || {})) set(k, v);
   }
