@@ -170,3 +170,24 @@ def test_settings_saved_on_the_settings_page_apply_after_a_restart(tmp_path, til
         store.close()
     assert [e.mail_status for e in events][:2] in (["queued", "capped"], ["sent", "capped"]), events
     assert len(sink.messages) == 1
+
+
+def test_camera_errors_never_show_credentials(tmp_path, caplog):
+    from smtp_sink import free_port
+
+    url = f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/live"  # nothing listens there
+    settings = settings_for(tmp_path, cameras=[{"name": "door", "source": url}])
+    store = Store.from_settings(settings)
+    monitor = Monitor(settings, store, run_mail=False)
+    monitor.start()
+    try:
+        deadline = time.time() + 20
+        cam = monitor.describe()[0]
+        while time.time() < deadline and not cam.get("error"):
+            time.sleep(0.1)
+            cam = monitor.describe()[0]
+    finally:
+        monitor.stop()
+        store.close()
+    assert cam["state"] in ("reconnecting", "down") and "***@127.0.0.1" in cam["error"], cam
+    assert "s3cret" not in repr(cam) and "s3cret" not in caplog.text

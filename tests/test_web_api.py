@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from maskwatch.alerts import AlertEngine, MailWorker
-from maskwatch.monitor.stream import redact_source
+from maskwatch.sources import redact_source
 from maskwatch.store import MailDraft, Store
 from maskwatch.types import MASK_LABELS, Attribute, Face, FrameResult
 from maskwatch.web import create_app

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
+
+
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact_source(text: str) -> str:
+    """`text` (a source, or a message naming one) fit to show: credentials in URLs replaced by ***."""
+    return _CREDENTIALS.sub("***@", text)
 
 
 class SourceError(RuntimeError):

@@ -37,7 +37,8 @@ from maskwatch.config import CameraSettings, Settings, apply_overrides
 from maskwatch.monitor.models import Models
 from maskwatch.monitor.reader import FrameReader, Opener
 from maskwatch.monitor.session import StreamSession
-from maskwatch.monitor.stream import CameraStream, redact_source
+from maskwatch.monitor.stream import CameraStream
+from maskwatch.sources import redact_source
 from maskwatch.store import Event, Store
 from maskwatch.types import FrameResult
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskwatch.sources import FrameSource, SourceError, open_source
+from maskwatch.sources import FrameSource, SourceError, open_source, redact_source
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ class FrameReader(threading.Thread):
         self.state = "stopped"
 
     def _failed(self, message: str, failures: int) -> None:
+        message = redact_source(message)  # errors name the source: never with its credentials
         self.state = "down" if failures >= DOWN_AFTER_FAILURES else "reconnecting"
         self.error = message
         delay = min(self._retry_max_s, 0.5 * 2 ** max(0, failures - 1))

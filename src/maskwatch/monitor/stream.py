@@ -8,7 +8,6 @@ and no viewer costs nothing.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from collections import Counter, deque
@@ -22,17 +21,12 @@ import numpy as np
 from maskwatch.config import CameraSettings
 from maskwatch.monitor.reader import RESUMED_AFTER_S, Captured, FrameReader
 from maskwatch.monitor.session import StreamSession
+from maskwatch.sources import redact_source
 from maskwatch.types import FrameResult
 
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 LATENCY_WINDOW = 300  # frames kept for the latency percentiles
 FPS_WINDOW_S = 2.0  # processed fps: frames finished in the last 2 s
 FPS_WINDOW_FRAMES = 256
-
-
-def redact_source(source: str) -> str:
-    """A camera source fit to show: credentials in URLs replaced by ***."""
-    return _CREDENTIALS.sub("***@", source)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
