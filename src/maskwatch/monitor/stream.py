@@ -194,13 +194,19 @@ class CameraStream:
 
     @property
     def fps(self) -> float:
-        """Frames processed per second over the last `FPS_WINDOW_S`; 0 once none came in that time."""
+        """Frames processed per second over the last `FPS_WINDOW_S` (0 while the source is away)."""
+        if self.reader.state in ("reconnecting", "down", "stopped"):
+            return 0.0
         now = time.perf_counter()
         with self._lock:
             recent = [t for t in self._done if now - t <= FPS_WINDOW_S]
+            first = self._done[0] if self._done else now
         if len(recent) < 2:
             return 0.0
-        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+        # a whole window once there is one (a burst of frames cannot inflate it), else the span so far
+        return (
+            len(recent) / FPS_WINDOW_S if now - first >= FPS_WINDOW_S else (len(recent) - 1) / (now - first)
+        )
 
     @property
     def state(self) -> str:
