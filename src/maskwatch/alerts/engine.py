@@ -85,7 +85,6 @@ class AlertEngine:
         self.flush_every_s = flush_every_s
         self.retry_s = retry_s  # how often alerts kept in memory are tried again when the store fails
         self.rules = AlertRules(settings.alerts)
-        self.listeners: list[Callable[[Event], None]] = []  # called (writer thread) when an event is stored
         self.health: dict = {
             "store_ok": True,
             "last_error": None,
@@ -271,11 +270,6 @@ class AlertEngine:
         if not self.health["store_ok"]:
             log.warning("database writable again; alert events are being saved")
         self.health.update(store_ok=True)
-        for listener in list(self.listeners):
-            try:
-                listener(ev)
-            except Exception:
-                log.exception("alert listener failed")
         return True
 
     def _error(self, message: str, exc_info: bool = False) -> None:

@@ -90,10 +90,6 @@ def list_images(root: str | Path) -> list[tuple[Path, str]]:
     return items
 
 
-def dataset_task(root: str | Path) -> str:
-    return task_of_labels({label for _, label in list_images(root)})
-
-
 def stratified_split(
     labels: Sequence[str], val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -164,28 +164,6 @@ def write_card(card: dict, path: str | Path) -> Path:
     return path
 
 
-def export_from_state(
-    card_path: str | Path, state_path: str | Path, out_dir: str | Path | None = None
-) -> Path:
-    """Rebuild a card's net, load a (possibly half-precision) state dict, export its ONNX beside the card.
-
-    For weights trained elsewhere (e.g. a GPU machine that sent back only the state dict and the card).
-    """
-    import torch
-
-    from maskwatch.train.nets import build
-
-    card_path = Path(card_path)
-    card = json.loads(card_path.read_text())
-    widths = {h: len(o["labels"]) for h, o in card["outputs"].items()}
-    model = build(card["arch"], tuple(widths), pretrained=False, widths=widths)
-    sd = torch.load(state_path, map_location="cpu", weights_only=True)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    model.load_state_dict(sd)
-    out_dir = Path(out_dir) if out_dir else card_path.parent
-    return export_onnx(model, out_dir / card["onnx"], int(card["input"]["size"][0]))
-
-
 def quantize_int8(onnx_in: str | Path, onnx_out: str | Path, calibration: np.ndarray, mean, std) -> Path:
     """Static int8 quantization (QDQ, per-channel weights) of an exported model, calibrated on
     `calibration` images (N, S, S, 3 RGB uint8, already cropped by the card's rule). About 2.5x faster on

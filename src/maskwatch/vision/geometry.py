@@ -41,10 +41,6 @@ def area(box: Sequence[float]) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
-def center(box: Sequence[float]) -> tuple[float, float]:
-    return ((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0)
-
-
 def expand_box(box: Sequence[float], margin: float = 0.0, *, square: bool = False) -> Box:
     """`box` grown by `margin` of its width/height on each side; made square around its centre if asked."""
     x1, y1, x2, y2 = (float(v) for v in box)
