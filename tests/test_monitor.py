@@ -191,3 +191,20 @@ def test_camera_errors_never_show_credentials(tmp_path, caplog):
         store.close()
     assert cam["state"] in ("reconnecting", "down") and "***@127.0.0.1" in cam["error"], cam
     assert "s3cret" not in repr(cam) and "s3cret" not in caplog.text
+
+
+def test_the_data_directory_is_private(tmp_path):
+    import stat
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    (data / "old.db").write_bytes(b"x")
+    (data / "old.db").chmod(0o644)  # made by an older version
+    settings = web_settings(tmp_path, model_dir=None, yunet=None)
+    store = Store.from_settings(settings)
+    store.close()
+    app = create_app(settings, start_background=False)
+    app.state.runtime.store.close()
+    modes = {p.relative_to(data).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [data, *data.rglob("*")]}
+    assert modes["."] == 0o700 and modes["old.db"] == 0o600 and modes["maskwatch.db"] == 0o600, modes
+    assert all(m & 0o077 == 0 for m in modes.values()), modes  # nothing readable by group or others

@@ -36,6 +36,22 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("MASKWATCH_DATA_DIR") or platformdirs.user_data_dir("maskwatch"))
 
 
+def private_data_dir(path: Path) -> Path:
+    """Create `path` (the data directory: database with the SMTP password, snapshots of faces, the
+    session key) readable by this user only: folders 0700, files 0600, existing ones included; and make
+    files this process creates from now on private too (umask 077)."""
+    os.umask(0o077)
+    path.mkdir(parents=True, exist_ok=True)
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o700)
+        for name in files:
+            f = Path(root) / name
+            if not f.is_symlink():
+                os.chmod(f, 0o600)
+        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+    return path
+
+
 def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("maskwatch"))
 

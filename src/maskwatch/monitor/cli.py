@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from maskwatch.config import load_settings
+from maskwatch.config import load_settings, private_data_dir
 
 
 @click.command()
@@ -35,6 +35,7 @@ def monitor(config_file: str | None, status_every: float) -> None:
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"bad configuration: {exc}") from exc
     try:
+        private_data_dir(file_settings.data_dir)
         store = Store.from_settings(file_settings)
     except Exception as exc:  # e.g. the database cannot be opened: one clear line
         raise click.ClickException(f"cannot start: {exc}") from exc

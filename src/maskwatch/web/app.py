@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from maskwatch import __version__
 from maskwatch.alerts.engine import AlertEngine
 from maskwatch.alerts.mail import MailWorker
-from maskwatch.config import Settings
+from maskwatch.config import Settings, private_data_dir
 from maskwatch.monitor import Monitor, effective_settings
 from maskwatch.store import Store
 from maskwatch.web.analysis import Analyzer
@@ -143,7 +143,7 @@ def create_app(
     `https=True` (served with TLS) marks the session cookie Secure.
     """
     file_settings = settings or Settings()
-    file_settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(file_settings.data_dir)
     owns_store = store is None
     if store is None:
         store = Store.from_settings(file_settings)
