@@ -63,7 +63,6 @@ class Runtime:
         self.uploads = UploadResults()
         self.started_at = time.time()
         self._stop = threading.Event()
-        self._retention: threading.Thread | None = None
         # vision work from requests (webcam frames, uploads) runs in at most this many threads at once:
         # more would only fight over the CPU cores and starve the event loop (health, pages, streams)
         self.vision_limiter = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
@@ -105,10 +104,7 @@ class Runtime:
     # -- lifecycle
     def start(self) -> None:
         self._stop.clear()
-        self.monitor.start()
-        if self.monitor.mailer is None:  # the mail worker runs retention itself
-            self._retention = threading.Thread(target=self._retention_loop, name="retention", daemon=True)
-            self._retention.start()
+        self.monitor.start()  # its mail worker also runs the retention job
 
     def stop(self) -> None:
         self._stop.set()
@@ -119,19 +115,6 @@ class Runtime:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-    def purge_once(self) -> int:
-        return self.store.purge_older_than(self.settings.privacy.retention_days)
-
-    def _retention_loop(self, first_delay_s: float = 30.0, every_s: float = 3600.0) -> None:
-        delay = first_delay_s
-        while not self._stop.wait(delay):
-            try:
-                removed = self.purge_once()
-                log.info("retention: purged %s", removed)
-            except Exception as exc:  # noqa: BLE001
-                log.error("retention job failed: %s", exc)
-            delay = every_s
 
     def health(self) -> dict[str, Any]:
         return {**self.monitor.health(), "uptime_s": round(time.time() - self.started_at, 1)}
