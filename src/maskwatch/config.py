@@ -3,9 +3,9 @@
 Nested fields use `__` in environment variables, e.g. `MASKWATCH_SMTP__HOST=mail.example.org`.
 
 Example:
-    >>> s = Settings()
-    >>> s.detector.backend in ("yunet", "res10")
-    True
+    >>> s = Settings(data_dir="/tmp/maskwatch-doc")
+    >>> s.detector.backend, s.smtp.host, s.alerts.incorrect_mask_alerts   # auto: YuNet when available
+    ('auto', None, True)
 """
 
 from __future__ import annotations
