@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from maskwatch.types import MASK_LABELS, Face
+from maskwatch.types import Face
 from maskwatch.vision.classify import AttributeClassifier, ModelCardError, ModelNotFoundError
 from vision_helpers import BLUE, GREEN, GREY, MASK_LABELS_3, RED, YELLOW, face_canvas, make_tiny_model
 
@@ -210,12 +210,16 @@ def test_bad_cards_are_rejected(tmp_path, edit, match):
         AttributeClassifier.from_dir(d)
 
 
-def test_bundled_model_if_present():
-    try:
-        clf = AttributeClassifier.from_dir()
-    except ModelNotFoundError:
-        pytest.skip("no trained model installed in src/maskwatch/models yet")
-    assert "mask" in clf.tasks
-    frame = np.full((240, 320, 3), 128, np.uint8)
-    out = clf.classify(frame, [Face((100, 60, 200, 180), 0.9)])
-    assert out[0].mask.label in MASK_LABELS  # two- or three-label mask head
+def test_bundled_model_reads_real_faces():
+    """The shipped model must be there (a missing one fails, it is part of the product) and must tell a
+    masked face from a bare one (real photos from ../shared, else a photo with a drawn mask)."""
+    from web_helpers import face_tiles
+
+    clf = AttributeClassifier.from_dir()
+    assert "mask" in clf.tasks and "gender" in clf.tasks
+    tiles = face_tiles()
+    box = Face((15, 15, 185, 185), 0.9)  # the tiles are 200 px face crops
+    masked = clf.classify(tiles["masked"], [box])[0]
+    bare = clf.classify(tiles["unmasked"], [box])[0]
+    assert masked.mask.label == "mask" and masked.mask.confidence >= 0.8, masked.mask
+    assert bare.mask.label == "no_mask" and bare.mask.confidence >= 0.8, bare.mask

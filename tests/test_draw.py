@@ -23,8 +23,10 @@ def test_annotate_colours_and_labels():
     assert face_label(faces[0]) == ["#1 mask 97%", "man 90%"]
     assert face_label(faces[1], gender=False) == ["#2 no mask 91%"]
     assert face_label(faces[3], gender=False) == ["#4 incorrect mask 88%"]
-    top_left = annotate(frame, FrameResult("t", 0, 0.0, [Face((0, 0, 30, 30), 0.9)]))  # label must fit
-    assert top_left.shape == frame.shape
+    # no room above a face at the top edge: its label goes below the box, inside the frame
+    top = annotate(frame, FrameResult("t", 0, 0.0, [Face((0, 0, 30, 30), 0.9, mask=Attribute("mask", 0.9))]))
+    assert (top[32:45, 2:28] == COLORS["mask"]).all(axis=2).any()  # the label's block under the box
+    assert not top[:, 120:].any()  # and nothing elsewhere
 
 
 def test_crop_face_clips_to_frame():

@@ -222,13 +222,8 @@ def test_detect_every_still_detects_each_frame_without_faces(clf):
     ],
 )
 def test_real_video_with_the_bundled_model(shared_data, yunet_path, video, expected):
-    """The shipped model through the whole pipeline on real clips (skipped until a model is installed)."""
-    from maskwatch.vision.classify import ModelNotFoundError
-
-    try:
-        clf = AttributeClassifier.from_dir()
-    except ModelNotFoundError:
-        pytest.skip("no trained model installed in src/maskwatch/models yet")
+    """The shipped model through the whole pipeline on real clips (a missing bundled model fails)."""
+    clf = AttributeClassifier.from_dir()
     pipe = Pipeline(YuNetDetector(yunet_path), clf, detect_every=2)
     with open_source(shared_data / "videos" / video) as src:
         labels = [
