@@ -208,3 +208,25 @@ def test_the_data_directory_is_private(tmp_path):
     modes = {p.relative_to(data).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [data, *data.rglob("*")]}
     assert modes["."] == 0o700 and modes["old.db"] == 0o600 and modes["maskwatch.db"] == 0o600, modes
     assert all(m & 0o077 == 0 for m in modes.values()), modes  # nothing readable by group or others
+
+
+def test_another_person_under_a_track_gets_a_new_track_and_none_of_the_old_labels(tmp_path, tiles):
+    """A masked person, then (same place, next frame) another, unmasked person: the appearance check makes
+    the second one a new track, so the first one's `mask` votes never show on them."""
+    settings = settings_for(tmp_path, alerts={**FAST_ALERTS, "cooldown_s": 300})
+    store = Store.from_settings(settings)
+    monitor = Monitor(settings, store, run_mail=False)
+    session = monitor.open_session("swap")
+    first, second = scene(tiles, faces=("masked",)), scene(tiles, faces=("unmasked",))
+    t0, seen = time.time(), []
+    for i in range(12):
+        result, _ = session.process(first if i < 6 else second, t0 + i * 0.1)
+        seen.append([(f.track_id, f.mask.label) for f in result.faces])
+    monitor.stop()
+    store.close()
+    assert all(len(s) == 1 for s in seen), seen
+    ids = [s[0][0] for s in seen]
+    assert len(set(ids[:6])) == 1 and ids[-1] != ids[0], seen  # a new id once the face changed
+    assert ids.index(ids[-1]) <= 8, seen  # within two frames of the swap
+    assert all(label != "mask" for tid, label in (s[0] for s in seen[6:]) if tid != ids[0]), seen
+    assert seen[-1][0][1] == "no_mask"

@@ -121,6 +121,7 @@ class Pipeline:
         self._frame_index = 0
         self._since_detect = 0
         self._detected_thumb: np.ndarray | None = None  # thumbnail of the last detected frame
+        self._confirm = False  # an appearance change waits for confirmation: detect the next frame
         self._last: list[tuple[Face, tuple[float, float]]] = []  # last faces and their per-frame motion
         self.classified_last = 0  # faces sent to the classifier in the last frame (for the benchmark)
 
@@ -252,6 +253,10 @@ class Pipeline:
                 self._detected_thumb = motion_thumbnail(frame_bgr)
             return False
         since = self._since_detect + 1  # frames since the last detection, this one included
+        if self._confirm:  # a track's face looked like someone else's: look again now
+            self._confirm = False
+            self._detected_thumb = motion_thumbnail(frame_bgr)
+            return False
         if not may_detect and since < 2 * self.max_detect_interval:
             return True
         if since >= self.max_detect_interval:
@@ -275,6 +280,7 @@ class Pipeline:
             if appearance_distance(track.appearance, signature) > APPEARANCE_CHANGE:
                 track.appearance_strikes += 1
                 if track.appearance_strikes < APPEARANCE_STRIKES:
+                    self._confirm = True  # detect on the next frame too, to confirm or clear it soon
                     return  # one odd frame (blur, a hand) is not another person
                 self.tracker.renew(track)
             else:
