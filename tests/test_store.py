@@ -128,7 +128,7 @@ def test_schema_1_database_is_migrated_and_keeps_its_statistics(tmp_path):
     con.commit()
     con.close()
     s = Store(url, snapshots_dir=tmp_path)
-    assert s.schema_version() == SCHEMA_VERSION == 2
+    assert s.schema_version() == SCHEMA_VERSION == 3  # 1 -> 2 -> 3
     s.record_frame("door", frame(face(3, "incorrect")), at=T0 + timedelta(seconds=5))
     totals = s.stats()["totals"]
     assert (totals["people"], totals["masked"], totals["unmasked"], totals["incorrect"]) == (3, 1, 1, 1)
@@ -220,7 +220,8 @@ def test_users_and_tokens(store):
         stored = " ".join(
             str(r)
             for r in c.exec_driver_sql(
-                "SELECT * FROM tokens UNION ALL SELECT name, password_hash, '', created FROM users"
+                "SELECT token_hash, user, label, created FROM tokens"
+                " UNION ALL SELECT name, password_hash, '', created FROM users"
             )
         )
     assert token not in stored and "s3cret-pass" not in stored

@@ -149,10 +149,15 @@ def test_login_logout_and_csrf(web):
 
 def test_login_rate_limit(web):
     client, rt = web
-    rt.limiter = LoginLimiter(max_failures=3, window_s=60)
-    for _ in range(3):
+    rt.limiter = LoginLimiter(name_failures=3, address_failures=4, window_s=60)
+    for _ in range(2):
         assert login(client, password="wrong password").status_code == 401
-    r = login(client)  # even the right password waits now
+    r = login(client, password="wrong password")  # the name backs off failed attempts
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    assert login(client).status_code == 303  # never the right password (tests/test_access.py)
+    client.cookies.clear()
+    assert login(client, user="other", password="wrong password").status_code == 401
+    r = login(client)  # 4 failures from this address: now it waits, whatever it sends
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
 
 

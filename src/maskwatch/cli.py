@@ -10,7 +10,7 @@ import click
 # (module, command names): subcommands are defined beside the code they drive.
 COMMAND_MODULES: list[tuple[str, tuple[str, ...]]] = [
     ("maskwatch.vision.cli", ("detect", "bench")),
-    ("maskwatch.alerts.cli", ("alerts", "events", "users")),
+    ("maskwatch.alerts.cli", ("alerts", "events", "users", "tokens")),
     ("maskwatch.web.cli", ("serve",)),
     ("maskwatch.monitor.cli", ("monitor",)),
     ("maskwatch.train.cli", ("train", "prepare", "evaluate")),

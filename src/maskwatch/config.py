@@ -153,8 +153,6 @@ class SmtpSettings(BaseModel):
     def _check_recipients(cls, v):
         if isinstance(v, str):  # "a@x.org, b@y.org" from an environment variable or a form
             v = [part for part in v.split(",") if part.strip()]
-        if not isinstance(v, (list, tuple)):
-            raise ValueError("recipients must be a list of email addresses")
         return [check_email_address(str(a)) for a in v]
 
 
@@ -190,6 +188,21 @@ class WebSettings(BaseModel):
     secret_key: str | None = None  # None: generated once and kept in the data directory
     max_upload_mb: int = Field(25, ge=1)
     browser_webcam: bool = True
+    # proxies (IPs or CIDRs) whose X-Forwarded-For is believed: the client is the right-most address
+    # there that is not one of them; from any other peer the header is ignored
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for p in v:
+            try:
+                ipaddress.ip_network(p.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or network: {p!r}") from exc
+        return [p.strip() for p in v]
 
 
 class Settings(BaseSettings):

@@ -1,11 +1,11 @@
-"""CLI: `maskwatch alerts ...`, `maskwatch events ...`, `maskwatch users ...`."""
+"""CLI: `maskwatch alerts ...`, `maskwatch events ...`, `maskwatch users ...`, `maskwatch tokens ...`."""
 
 from __future__ import annotations
 
 import csv
 import sys
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -208,16 +208,87 @@ def list_users(config_file: Path | None) -> None:
     store.close()
 
 
-@users.command("token")
+@users.command("remove")
 @click.argument("name")
-@click.option("--label", default="", help="What the token is for.")
 @config_option
-def token(name: str, label: str, config_file: Path | None) -> None:
-    """Create an API token for a user (shown once; only its hash is stored)."""
+def remove_user(name: str, config_file: Path | None) -> None:
+    """Remove a user: its sessions end at once and its API tokens are revoked (never the last user)."""
     _, store = _open(config_file)
     try:
-        click.echo(store.create_token(name, label))
+        removed = store.delete_user(name)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         store.close()
+    if not removed:
+        raise click.ClickException(f"no such user: {name}")
+    click.echo(f"user {name.strip()} removed")
+
+
+@users.command("token")
+@click.argument("name")
+@click.option("--label", default="", help="What the token is for.")
+@click.option(
+    "--expires-days", type=click.IntRange(min=1), help="Valid for this many days (default: until revoked)."
+)
+@config_option
+def token(name: str, label: str, expires_days: int | None, config_file: Path | None) -> None:
+    """Create an API token for a user (shown once; only its hash is stored)."""
+    _, store = _open(config_file)
+    try:
+        expires_in = None if expires_days is None else timedelta(days=expires_days)
+        click.echo(store.create_token(name, label, expires_in=expires_in))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+
+
+@click.group()
+def tokens() -> None:
+    """API tokens: list, revoke (create them with `users token NAME`)."""
+
+
+def _stamp(t: datetime | None, never: str) -> str:
+    return never if t is None else f"{t:%Y-%m-%dT%H:%M:%SZ}"
+
+
+@tokens.command("list")
+@click.argument("name", required=False)
+@config_option
+def list_tokens(name: str | None, config_file: Path | None) -> None:
+    """List API tokens (all, or NAME's), one a line, its ID first; never the token itself."""
+    _, store = _open(config_file)
+    try:
+        found = store.list_tokens(name)
+    finally:
+        store.close()
+    for t in found:
+        expires = _stamp(t.expires_at, "never") + (" (expired)" if t.expired() else "")
+        click.echo(
+            f"{t.id}  label={t.label or '-'!r}  user={t.user}  created={_stamp(t.created, '-')}"
+            f"  last_used={_stamp(t.last_used_at, 'never')}  expires={expires}"
+        )
+    click.echo(f"{len(found)} token(s)", err=True)
+
+
+@tokens.command("revoke")
+@click.argument("token_id", metavar="ID")
+@config_option
+def revoke_token(token_id: str, config_file: Path | None) -> None:
+    """Revoke an API token by its ID (from `tokens list`): it is refused at once."""
+    from maskwatch.store import TOKEN_ID_RE
+
+    if not TOKEN_ID_RE.fullmatch(token_id.strip().lower()):
+        raise click.ClickException(f"not a token ID: {token_id!r} (the first column of `tokens list`)")
+    _, store = _open(config_file)
+    try:
+        revoked = store.revoke_token(token_id)
+    finally:
+        store.close()
+    if not revoked:
+        raise click.ClickException(f"no token {token_id}")
+    click.echo(f"token {token_id.strip().lower()} revoked")

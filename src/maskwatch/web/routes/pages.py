@@ -6,6 +6,7 @@ import csv
 import hmac
 import io
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,9 +17,18 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from maskwatch.store import TOKEN_ID_RE
 from maskwatch.web import forms
 from maskwatch.web.analysis import BadMedia, ModelsUnavailable, analyze_upload, encode_jpeg
-from maskwatch.web.auth import client_address, create_user, login_session, safe_next, session_user
+from maskwatch.web.auth import (
+    client_address,
+    create_user,
+    login_session,
+    logout_session,
+    password_problem,
+    safe_next,
+    session_user,
+)
 from maskwatch.web.charts import bar_chart, line_chart, time_axis
 from maskwatch.web.deps import CsrfForm, PageUser, RuntimeDep, read_upload, utc
 from maskwatch.web.runtime import Runtime
@@ -26,7 +36,10 @@ from maskwatch.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
 
+log = logging.getLogger(__name__)
+
 PAGE_SIZE = 25
+MAX_TOKEN_DAYS = 3650  # the longest token lifetime the settings page offers
 RANGES = {  # statistics ranges: (length, bucket)
     "1h": (timedelta(hours=1), "minute"),
     "24h": (timedelta(hours=24), "hour"),
@@ -58,25 +71,32 @@ def login(request: Request, rt: RuntimeDep, form: CsrfForm):
     name = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
     next_path = safe_next(str(form.get("next") or "/"))
-    client = client_address(request)
-    wait = rt.limiter.retry_after(client, name)
-    if wait:
+    client = client_address(request, rt.settings.web.trusted_proxies)
+
+    def too_many(wait: int, what: str):
         response = render(
             request,
             "login.html",
             429,
             next=next_path,
-            error=f"Too many failed attempts. Try again in {wait} s.",
+            error=f"Too many failed attempts {what}. Try again in {wait} s.",
             username=name,
             setup=False,
         )
         response.headers["Retry-After"] = str(wait)
         return response
-    if name and password and rt.store.verify_user(name, password):
+
+    wait = rt.limiter.address_wait(client)  # only this address's failures count
+    if wait:
+        return too_many(wait, "from your address")
+    if name and password and rt.store.verify_user(name, password):  # never refused by the name limit
         rt.limiter.success(client, name)
         login_session(request, name)
         return see_other(next_path)
     rt.limiter.fail(client, name)
+    wait = rt.limiter.name_wait(name)
+    if wait:
+        return too_many(wait, "for this user name")
     return render(
         request,
         "login.html",
@@ -90,7 +110,7 @@ def login(request: Request, rt: RuntimeDep, form: CsrfForm):
 
 @router.post("/logout")
 def logout(request: Request, form: CsrfForm):
-    request.session.clear()
+    logout_session(request)  # every session of this user ends, not only this cookie
     return see_other("/login")
 
 
@@ -431,6 +451,8 @@ def _settings_page(request: Request, rt: Runtime, status_code: int = 200, **extr
         "cameras": forms.camera_rows(s),
         "password_set": bool(s.smtp.password),
         "users": rt.store.list_users(),
+        "tokens": rt.store.list_tokens(),
+        "confirm_replace": None,  # a user name whose password replacement needs confirming
         "errors": [],
         "saved": request.query_params.get("saved") == "1",
         "new_token": None,
@@ -456,18 +478,65 @@ def save_settings(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfFo
 
 @router.post("/settings/users")
 def add_user(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
-    name = str(form.get("username") or "").strip()
-    problem = create_user(rt.store, name, str(form.get("password") or ""))
+    name = str(form.get("username") or "").strip()  # stripped and case-sensitive, as the store keeps it
+    password = str(form.get("password") or "")
+    exists = bool(name) and rt.store.user_exists(name)
+    if exists and password_problem(password) is None and form.get("replace") != name:
+        return _settings_page(  # the checkbox names the user: confirming one name never replaces another
+            request,
+            rt,
+            409,
+            errors=[f"A user named {name} exists. Confirm to replace that user's password."],
+            confirm_replace=name,
+        )
+    problem = create_user(rt.store, name, password)
     if problem:
         return _settings_page(request, rt, 400, errors=[problem])
+    if exists:  # every session of that user has ended (a new session version)
+        log.warning("user %s replaced the password of user %s", user, name)
+        if name == user:
+            login_session(request, user)  # this session stays
+    else:
+        log.warning("user %s added user %s", user, name)
+    return see_other("/settings?saved=1#users")
+
+
+@router.post("/settings/users/remove")
+def remove_user(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    name = str(form.get("username") or "").strip()
+    try:
+        removed = rt.store.delete_user(name)
+    except ValueError as exc:  # the last user
+        return _settings_page(request, rt, 400, errors=[str(exc)])
+    if not removed:
+        return _settings_page(request, rt, 404, errors=[f"There is no user {name}."])
+    log.warning("user %s removed user %s (its sessions and API tokens end)", user, name)
     return see_other("/settings?saved=1#users")
 
 
 @router.post("/settings/tokens")
 def create_token(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
     label = str(form.get("label") or "")[:100]
-    token = rt.store.create_token(user, label)
+    days_text = str(form.get("expires_days") or "").strip()
+    expires_in = None
+    if days_text:
+        days = int(days_text) if days_text.isdigit() else 0
+        if not 1 <= days <= MAX_TOKEN_DAYS:
+            return _settings_page(
+                request, rt, 400, errors=[f"Expires after: a number of days from 1 to {MAX_TOKEN_DAYS}."]
+            )
+        expires_in = timedelta(days=days)
+    token = rt.store.create_token(user, label, expires_in=expires_in)
     return _settings_page(request, rt, new_token=token)
+
+
+@router.post("/settings/tokens/revoke")
+def revoke_token(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    token_id = str(form.get("token_id") or "").strip().lower()
+    if not TOKEN_ID_RE.fullmatch(token_id) or not rt.store.revoke_token(token_id):
+        return _settings_page(request, rt, 404, errors=[f"There is no API token {token_id}."])
+    log.warning("user %s revoked API token %s", user, token_id)
+    return see_other("/settings?saved=1#tokens")
 
 
 # -- API docs (server-rendered from the OpenAPI schema; Swagger UI would need a CDN) ----------------
