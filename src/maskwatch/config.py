@@ -153,6 +153,8 @@ class SmtpSettings(BaseModel):
     def _check_recipients(cls, v):
         if isinstance(v, str):  # "a@x.org, b@y.org" from an environment variable or a form
             v = [part for part in v.split(",") if part.strip()]
+        if not isinstance(v, (list, tuple)):
+            raise ValueError("recipients must be a list of email addresses")
         return [check_email_address(str(a)) for a in v]
 
 
