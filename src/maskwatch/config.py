@@ -131,7 +131,7 @@ class SmtpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
 
     host: str | None = None  # None: emails stay in the outbox, viewable in the app
-    port: int = 587
+    port: int = Field(587, ge=1, le=65535)
     security: Literal["starttls", "ssl", "none"] = "starttls"
     username: str | None = None
     password: str | None = None
@@ -189,6 +189,7 @@ class WebSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535)
     secret_key: str | None = None  # None: generated once and kept in the data directory
     max_upload_mb: int = Field(25, ge=1)
+    uploads_per_minute: int = Field(20, ge=1)  # photos + videos per user (/upload, /api/detect)
     browser_webcam: bool = True
     # proxies (IPs or CIDRs) whose X-Forwarded-For is believed: the client is the right-most address
     # there that is not one of them; from any other peer the header is ignored

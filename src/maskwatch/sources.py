@@ -151,6 +151,8 @@ class VideoSource(FrameSource):
         self.fps = fps if fps and 0 < fps < 1000 else None
         count = 0 if live else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frame_count: int | None = count if count > 0 else None  # files, when the container says
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        self.frame_size: tuple[int, int] | None = (w, h) if w > 0 and h > 0 else None  # from the header
 
     def _open(self) -> cv2.VideoCapture:
         if isinstance(self.target, int):

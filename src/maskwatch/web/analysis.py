@@ -1,24 +1,40 @@
 """Uploads: a photo or a short video analysed on request, with the monitor's shared models.
 
+Nothing is decoded before its size is known: `image_size` reads the pixel size an image declares in its
+header (PNG IHDR, JPEG SOF, WebP VP8/VP8L/VP8X, BMP) and `check_image_header` refuses too many pixels or
+too long a side; a video's frame size is checked right after the file is opened, before any frame is
+read. Decoding and analysis run in worker threads, at most `Runtime.vision_limiter` at once
+(`run_in_pool`: a request waits at most `VISION_WAIT_S` for a place, then `Busy`).
+
 Example:
     >>> sniff_kind(b"\\xff\\xd8\\xff\\xe0rest")
     ('image', '.jpg')
     >>> sniff_kind(b"not a picture") is None
     True
+    >>> png = b"\\x89PNG\\r\\n\\x1a\\n" + b"\\0\\0\\0\\rIHDR" + (20000).to_bytes(4, "big") * 2
+    >>> image_size(png)
+    (20000, 20000)
+    >>> check_image_header(png)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    maskwatch.web.analysis.MediaTooLarge: the image is too large (20000x20000 pixels; at most 40 MP, ...)
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
+import struct
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import cv2
 import numpy as np
 
@@ -27,16 +43,191 @@ from maskwatch.monitor.stream import counts, encode_jpeg
 from maskwatch.sources import SourceError, VideoSource
 from maskwatch.types import Face, FrameResult
 
-__all__ = ["Analyzer", "BadMedia", "ModelsUnavailable", "counts", "decode_image", "encode_jpeg", "sniff_kind"]
+__all__ = [
+    "Analyzer",
+    "BadMedia",
+    "Busy",
+    "MediaTooLarge",
+    "ModelsUnavailable",
+    "RateLimiter",
+    "check_image_header",
+    "counts",
+    "decode_image",
+    "encode_jpeg",
+    "image_size",
+    "run_in_pool",
+    "sniff_kind",
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs
+MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs (a decoded BGR image: 3 bytes a pixel)
+MAX_IMAGE_SIDE = 16384  # ... and absurd sides
+MAX_VIDEO_PIXELS = 4096 * 2160  # video frames up to DCI 4K
+MAX_VIDEO_SIDE = 4096
 MAX_STREAM_SIDE = 1920  # webcam frames larger than this are refused
+MAX_JPEG_SEGMENTS = 1000  # markers scanned for the frame header before giving up
+VISION_WAIT_S = 2.0  # the longest a request waits for a place in the vision pool ...
+BUSY_RETRY_AFTER_S = 5  # ... before 503 with this Retry-After
 
 
 class BadMedia(ValueError):
     """An uploaded file that is not a usable image or video (the message is shown to the user)."""
+
+    status_code = 422
+
+
+class MediaTooLarge(BadMedia):
+    """An image or video whose pixel size is over the limits (HTTP 413)."""
+
+    status_code = 413
+
+
+class Busy(RuntimeError):
+    """The vision pool stayed full for longer than a request may wait (HTTP 503 + Retry-After)."""
+
+    def __init__(self, retry_after: int = BUSY_RETRY_AFTER_S) -> None:
+        super().__init__("the server is busy analysing other images; try again shortly")
+        self.retry_after = retry_after
+
+
+async def run_in_pool(
+    limiter: anyio.CapacityLimiter, fn: Callable[[], T], *, wait_s: float | None = None
+) -> T:
+    """Run `fn` in a worker thread once `limiter` has a place; Busy when none frees up within `wait_s`
+    (default VISION_WAIT_S). The event loop never runs `fn`, so health checks and pages stay quick."""
+    borrower = object()  # a token of its own: one task may hold several
+    with anyio.move_on_after(VISION_WAIT_S if wait_s is None else wait_s) as scope:
+        await limiter.acquire_on_behalf_of(borrower)
+    if scope.cancelled_caught:
+        raise Busy()
+    try:
+        return await anyio.to_thread.run_sync(fn)
+    finally:
+        limiter.release_on_behalf_of(borrower)
+
+
+class RateLimiter:
+    """At most `limit` hits per key within a sliding window (uploads per user per minute).
+
+    >>> r = RateLimiter(window_s=60)
+    >>> [r.hit("ann", 2, now=t) for t in (0, 1, 2)], r.hit("bob", 2, now=2), r.hit("ann", 2, now=61)
+    ([0, 0, 58], 0, 0)
+    """
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str, limit: int, *, now: float | None = None) -> int:
+        """Count one hit; 0 when allowed, else the seconds until the next one is (nothing counted)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            hits = self._hits.setdefault(key, deque())
+            while hits and hits[0] <= now - self.window_s:
+                hits.popleft()
+            if len(hits) >= limit:
+                return max(1, math.ceil(hits[0] + self.window_s - now))
+            hits.append(now)
+            return 0
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """The largest size a WebP declares: the VP8X canvas and its VP8/VP8L bitstream, whichever is larger."""
+    sizes: list[tuple[int, int]] = []
+    pos = 12
+    for _ in range(64):  # RIFF chunks: fourcc, little-endian size, payload padded to even
+        if pos + 8 > len(data):
+            break
+        fourcc, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        body = data[pos + 8 : pos + 8 + min(size, 32)]
+        if fourcc == b"VP8X" and len(body) >= 10:
+            w = int.from_bytes(body[4:7], "little") + 1
+            h = int.from_bytes(body[7:10], "little") + 1
+            sizes.append((w, h))
+        elif fourcc == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+            w, h = struct.unpack("<HH", body[6:10])
+            sizes.append((w & 0x3FFF, h & 0x3FFF))
+            break
+        elif fourcc == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+            bits = int.from_bytes(body[1:5], "little")
+            sizes.append(((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1))
+            break
+        pos += 8 + size + (size & 1)
+    if not sizes:
+        return None
+    return max(w for w, _ in sizes), max(h for _, h in sizes)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first SOF marker (walking the segments; nothing is decoded)."""
+    pos, n = 2, len(data)
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if pos >= n or data[pos] != 0xFF:
+            return None
+        while pos < n and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= n:
+            return None
+        code = data[pos]
+        pos += 1
+        if code == 0x01 or 0xD0 <= code <= 0xD8:  # markers without a length
+            continue
+        if code in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        if pos + 2 > n:
+            return None
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2:
+            return None
+        if 0xC0 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC):  # SOF0-SOF15 (not DHT, JPG, DAC)
+            if pos + 7 > n:
+                return None
+            h, w = struct.unpack(">HH", data[pos + 3 : pos + 7])
+            return w, h
+        pos += length
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) an image file declares in its header (JPEG, PNG, WebP, BMP), without decoding;
+    None when the format is not one of these or the header cannot be read."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            w, h = struct.unpack(">II", data[16:24])
+            return w, h
+        return None
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    if data.startswith(b"BM") and len(data) >= 26:
+        dib = int.from_bytes(data[14:18], "little")
+        if dib == 12:  # BITMAPCOREHEADER: 16-bit sides
+            w, h = struct.unpack("<HH", data[18:22])
+            return w, h
+        if dib >= 16:  # BITMAPINFOHEADER and later: signed 32-bit (a negative height is top-down)
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+    return None
+
+
+def check_image_header(data: bytes, *, max_side: int | None = None) -> tuple[int, int]:
+    """The declared (width, height), or BadMedia (unreadable) / MediaTooLarge (over the limits)."""
+    size = image_size(data)
+    if size is None or min(size) < 1:
+        raise BadMedia("the image could not be read (corrupt or unsupported: no readable size in its header)")
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_IMAGE_SIDE:
+        raise MediaTooLarge(
+            f"the image is too large ({w}x{h} pixels; at most {MAX_IMAGE_PIXELS / 1e6:g} MP, "
+            f"{MAX_IMAGE_SIDE} a side)"
+        )
+    if max_side is not None and max(w, h) > max_side:
+        raise MediaTooLarge(f"frames larger than {max_side} pixels are not accepted ({w}x{h})")
+    return w, h
 
 
 def sniff_kind(data: bytes) -> tuple[str, str] | None:
@@ -60,19 +251,32 @@ def sniff_kind(data: bytes) -> tuple[str, str] | None:
 
 
 def decode_image(data: bytes, *, max_side: int | None = None) -> np.ndarray:
-    """BGR image from encoded bytes, or BadMedia."""
+    """BGR image from encoded bytes, or BadMedia; the size in the header is checked before decoding."""
     buf = np.frombuffer(data, np.uint8)
     if buf.size == 0:
         raise BadMedia("the file is empty")
+    check_image_header(data, max_side=max_side)
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise BadMedia("the image could not be decoded (corrupt or unsupported file)")
     h, w = image.shape[:2]
-    if h * w > MAX_IMAGE_PIXELS:
-        raise BadMedia(f"the image is too large ({w}x{h} pixels)")
+    if h * w > MAX_IMAGE_PIXELS or max(h, w) > MAX_IMAGE_SIDE:  # never larger than declared, but still
+        raise MediaTooLarge(f"the image is too large ({w}x{h} pixels)")
     if max_side is not None and max(h, w) > max_side:
         raise BadMedia(f"frames larger than {max_side} pixels are not accepted ({w}x{h})")
     return image
+
+
+def check_video_frame_size(size: tuple[int, int] | None) -> None:
+    """MediaTooLarge for video frames over MAX_VIDEO_PIXELS / MAX_VIDEO_SIDE (None: not known yet)."""
+    if size is None:
+        return
+    w, h = size
+    if w * h > MAX_VIDEO_PIXELS or max(w, h) > MAX_VIDEO_SIDE:
+        raise MediaTooLarge(
+            f"the video frames are too large ({w}x{h} pixels; at most {MAX_VIDEO_SIDE} pixels a side, "
+            f"{MAX_VIDEO_PIXELS} in all)"
+        )
 
 
 class Analyzer(Models):
@@ -95,6 +299,11 @@ class Analyzer(Models):
                 video = VideoSource(str(src), live=False)
             except SourceError as exc:
                 raise BadMedia("the video could not be opened (corrupt or unsupported codec)") from exc
+            try:
+                check_video_frame_size(video.frame_size)
+            except BadMedia:
+                video.close()
+                raise
             fps = video.fps if video.fps and 1.0 <= video.fps <= 120.0 else 25.0
             total = video.frame_count or 0
             if total and total / fps > max_seconds:
@@ -112,8 +321,7 @@ class Analyzer(Models):
                     if index % stride:
                         continue
                     h, w = frame.shape[:2]
-                    if h * w > MAX_IMAGE_PIXELS:
-                        raise BadMedia("the video frames are too large")
+                    check_video_frame_size((w, h))
                     result = pipeline.process(
                         frame, source="upload", frame_index=index, timestamp=index / fps
                     )

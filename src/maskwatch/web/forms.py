@@ -130,17 +130,24 @@ def settings_overrides(form: Mapping[str, Any], current: Settings) -> dict[str, 
     return out
 
 
-def form_values(settings: Settings) -> list[dict[str, Any]]:
-    """The sections and fields to render, with current values."""
+def form_values(settings: Settings, submitted: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The sections and fields to render, with current values, or with the values of a `submitted` form
+    (a form that did not validate is shown again as it was typed; the SMTP password is never shown)."""
     sections: dict[str, dict[str, Any]] = {}
     for section, key, kind, label, help_ in FIELDS:
-        value = getattr(getattr(settings, section), key)
-        if kind == "list":
-            value = ", ".join(value)
+        name = f"{section}.{key}"
+        if submitted is not None:
+            value: Any = (
+                submitted.get(name) in ("on", "true", "1") if kind == "bool" else _typed(submitted, name)
+            )
+        else:
+            value = getattr(getattr(settings, section), key)
+            if kind == "list":
+                value = ", ".join(value)
         sec = sections.setdefault(section, {"id": section, "title": SECTIONS[section], "fields": []})
         sec["fields"].append(
             {
-                "name": f"{section}.{key}",
+                "name": name,
                 "kind": kind.split(":")[0],
                 "choices": kind.split(":")[1].split(",") if kind.startswith("choice:") else [],
                 "label": label,
@@ -151,8 +158,29 @@ def form_values(settings: Settings) -> list[dict[str, Any]]:
     return list(sections.values())
 
 
-def camera_rows(settings: Settings) -> list[dict[str, Any]]:
-    rows = [c.model_dump() for c in settings.cameras]
+def _typed(form: Mapping[str, Any], key: str) -> str:
+    v = form.get(key)
+    return v if isinstance(v, str) else ""
+
+
+def camera_rows(settings: Settings, submitted: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The camera rows to render: the settings' cameras, or the rows of a `submitted` form as typed."""
+    if submitted is None:
+        rows = [c.model_dump() for c in settings.cameras]
+    else:
+        rows, i = [], 0
+        while f"cam-{i}-name" in submitted or f"cam-{i}-source" in submitted:
+            name, source = _typed(submitted, f"cam-{i}-name"), _typed(submitted, f"cam-{i}-source")
+            if name.strip() or source.strip():
+                rows.append(
+                    {
+                        "name": name,
+                        "source": source,
+                        "enabled": submitted.get(f"cam-{i}-enabled") == "on",
+                        "quiet_hours": _typed(submitted, f"cam-{i}-quiet") or None,
+                    }
+                )
+            i += 1
     rows += [{"name": "", "source": "", "enabled": True, "quiet_hours": None}] * CAMERA_ROWS_EXTRA
     return rows
 

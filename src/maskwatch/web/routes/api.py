@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-import anyio
 from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from maskwatch import __version__
 from maskwatch.web.analysis import BadMedia, ModelsUnavailable, decode_image
-from maskwatch.web.deps import ApiUser, RuntimeDep, read_upload, utc
+from maskwatch.web.deps import MAX_DB_INT, ApiUser, RuntimeDep, limit_uploads, read_upload, run_vision, utc
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -32,17 +31,20 @@ async def detect(
     rt: RuntimeDep, user: ApiUser, file: UploadFile = File(..., description="JPEG/PNG/WebP/BMP")
 ):
     """Multipart upload of one image (field `file`). Returns a FrameResult: `faces` in the Face shape
-    (box x1,y1,x2,y2 in pixels, score, landmarks, track_id, mask and apparent gender with confidence)."""
+    (box x1,y1,x2,y2 in pixels, score, landmarks, track_id, mask and apparent gender with confidence).
+
+    Limits: `web.max_upload_mb` (413), the pixel size the image's header declares (413, checked before
+    decoding), `web.uploads_per_minute` per user (429 + Retry-After), a busy server (503 + Retry-After)."""
+    limit_uploads(rt, user)
     data, kind, _suffix = await read_upload(file, rt.settings.web.max_upload_mb << 20)
     if kind != "image":
         raise HTTPException(
             415, "this endpoint takes one image (JPEG, PNG, WebP or BMP); use the upload page for video"
         )
     try:
-        image = decode_image(data)
-        result = await anyio.to_thread.run_sync(rt.analyzer.analyze_image, image, limiter=rt.vision_limiter)
+        result = await run_vision(rt, lambda: rt.analyzer.analyze_image(decode_image(data)))
     except BadMedia as exc:
-        raise HTTPException(422, str(exc)) from exc
+        raise HTTPException(exc.status_code, str(exc)) from exc
     except ModelsUnavailable as exc:
         raise HTTPException(503, f"models unavailable: {exc}") from exc
     return result.to_dict(gender=rt.gender_enabled)
@@ -66,7 +68,7 @@ def events(
     since: datetime | None = Query(None, description="ISO 8601; naive times are UTC"),
     until: datetime | None = None,
     label: Literal["mask", "no_mask", "incorrect", "uncertain"] | None = None,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_DB_INT),
     limit: int = Query(50, ge=1, le=500),
 ) -> dict[str, Any]:
     items, total = rt.store.list_events(

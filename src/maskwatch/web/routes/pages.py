@@ -10,7 +10,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import anyio
 import cv2
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -30,7 +29,17 @@ from maskwatch.web.auth import (
     session_user,
 )
 from maskwatch.web.charts import bar_chart, line_chart, time_axis
-from maskwatch.web.deps import CsrfForm, PageUser, RuntimeDep, read_upload, utc
+from maskwatch.web.deps import (
+    CsrfForm,
+    DbId,
+    PageOrApiUser,
+    PageUser,
+    RuntimeDep,
+    limit_uploads,
+    read_upload,
+    run_vision,
+    utc,
+)
 from maskwatch.web.runtime import Runtime
 from maskwatch.web.templating import templates
 
@@ -168,16 +177,21 @@ async def upload(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfFor
     max_mb = rt.settings.web.max_upload_mb
     gender = rt.gender_enabled
     try:
+        limit_uploads(rt, user)
         data, kind, suffix = await read_upload(form.get("file"), max_mb << 20)
         name = getattr(form.get("file"), "filename", "") or "upload"
-        item, rows, summary = await anyio.to_thread.run_sync(
+        item, rows, summary = await run_vision(
+            rt,
             lambda: analyze_upload(rt.analyzer, data, kind, suffix, filename=name, user=user, gender=gender),
-            limiter=rt.vision_limiter,
         )
     except HTTPException as exc:
-        return render(request, "upload.html", exc.status_code, result=None, error=exc.detail, max_mb=max_mb)
+        response = render(
+            request, "upload.html", exc.status_code, result=None, error=exc.detail, max_mb=max_mb
+        )
+        response.headers.update(exc.headers or {})  # Retry-After of 429 / 503
+        return response
     except BadMedia as exc:
-        return render(request, "upload.html", 422, result=None, error=str(exc), max_mb=max_mb)
+        return render(request, "upload.html", exc.status_code, result=None, error=str(exc), max_mb=max_mb)
     except ModelsUnavailable as exc:
         return render(
             request, "upload.html", 503, result=None, error=f"Models unavailable: {exc}", max_mb=max_mb
@@ -310,7 +324,7 @@ def events_csv(
     )
 
 
-def _event_or_404(rt, event_id: int):
+def _event_or_404(rt: Runtime, event_id: int):
     event = rt.store.get_event(event_id)
     if event is None:
         raise HTTPException(404, f"no event {event_id}")
@@ -318,13 +332,13 @@ def _event_or_404(rt, event_id: int):
 
 
 @router.get("/events/{event_id}")
-def event_page(request: Request, event_id: int, rt: RuntimeDep, user: PageUser):
+def event_page(request: Request, event_id: DbId, rt: RuntimeDep, user: PageUser):
     event = _event_or_404(rt, event_id)
     return render(request, "event.html", event=event, has_snapshot=rt.store.snapshot_file(event) is not None)
 
 
 @router.get("/events/{event_id}/snapshot.jpg")
-def event_snapshot(event_id: int, rt: RuntimeDep, user: PageUser):
+def event_snapshot(event_id: DbId, rt: RuntimeDep, user: PageOrApiUser):  # the API hands out snapshot_url
     path = rt.store.snapshot_file(_event_or_404(rt, event_id))
     if path is None:
         raise HTTPException(404, "this event has no snapshot")
@@ -332,7 +346,7 @@ def event_snapshot(event_id: int, rt: RuntimeDep, user: PageUser):
 
 
 @router.get("/events/{event_id}/thumb.jpg")
-def event_thumb(event_id: int, rt: RuntimeDep, user: PageUser):
+def event_thumb(event_id: DbId, rt: RuntimeDep, user: PageUser):
     path = rt.store.snapshot_file(_event_or_404(rt, event_id))
     image = cv2.imread(str(path)) if path is not None else None
     if image is None:
@@ -416,7 +430,11 @@ def stats_page(
 
 @router.get("/outbox")
 def outbox_page(
-    request: Request, rt: RuntimeDep, user: PageUser, status: str | None = None, page: int = Query(1, ge=1)
+    request: Request,
+    rt: RuntimeDep,
+    user: PageUser,
+    status: str | None = None,
+    page: int = Query(1, ge=1, le=100000),
 ):
     messages, total = rt.store.list_outbox(
         status=status or None, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE
@@ -434,7 +452,7 @@ def outbox_page(
 
 
 @router.get("/outbox/{message_id}")
-def outbox_message(request: Request, message_id: int, rt: RuntimeDep, user: PageUser):
+def outbox_message(request: Request, message_id: DbId, rt: RuntimeDep, user: PageUser):
     message = rt.store.get_message(message_id)
     if message is None:
         raise HTTPException(404, f"no message {message_id}")
@@ -472,7 +490,14 @@ def save_settings(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfFo
     try:
         rt.update_overrides(forms.settings_overrides(form, rt.settings))
     except (ValidationError, ValueError) as exc:
-        return _settings_page(request, rt, 400, errors=forms.validation_messages(exc))
+        return _settings_page(  # shown again as typed (never the SMTP password), with what is wrong
+            request,
+            rt,
+            400,
+            errors=forms.validation_messages(exc),
+            sections=forms.form_values(rt.settings, form),
+            cameras=forms.camera_rows(rt.settings, form),
+        )
     return see_other("/settings?saved=1")
 
 
