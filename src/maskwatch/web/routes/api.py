@@ -7,11 +7,32 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from maskwatch import __version__
 from maskwatch.web.analysis import BadMedia, ModelsUnavailable, decode_image
 from maskwatch.web.deps import MAX_DB_INT, ApiUser, RuntimeDep, limit_uploads, read_upload, run_vision, utc
 
+
+class ErrorBody(BaseModel):
+    """Every error answer: `{"detail": "what went wrong, for a person"}` (422: FastAPI's list of fields)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody, "description": ERROR_CODES[code]} for code in codes}
+
+
+ERROR_CODES = {
+    400: "the upload is empty, not a file, or not an image or video (by its first bytes)",
+    401: "no or a bad session / bearer token (expired, revoked, or its user removed)",
+    413: "too large: the request body (web.max_upload_mb) or the pixel size the image declares",
+    415: "a video sent where one image is expected",
+    422: "a parameter out of range or malformed (ids, offsets, dates, labels), or an undecodable image",
+    429: "too many uploads from this user this minute (web.uploads_per_minute); see Retry-After",
+    503: "the models are not available, or the server is busy (see Retry-After)",
+}
 router = APIRouter(prefix="/api", tags=["api"])
 
 
@@ -21,12 +42,14 @@ async def health() -> dict[str, Any]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/status", summary="Details of the running service")
+@router.get("/status", summary="Details of the running service", responses=_errors(401))
 def status(rt: RuntimeDep, user: ApiUser) -> dict[str, Any]:
     return {"status": "ok", "version": __version__, **rt.health()}
 
 
-@router.post("/detect", summary="Find faces in one image")
+@router.post(
+    "/detect", summary="Find faces in one image", responses=_errors(400, 401, 413, 415, 422, 429, 503)
+)
 async def detect(
     rt: RuntimeDep, user: ApiUser, file: UploadFile = File(..., description="JPEG/PNG/WebP/BMP")
 ):
@@ -60,7 +83,7 @@ def _event_dict(event: Any, gender: bool) -> dict[str, Any]:
     return d
 
 
-@router.get("/events", summary="Alert events, newest first")
+@router.get("/events", summary="Alert events, newest first", responses=_errors(401, 422))
 def events(
     rt: RuntimeDep,
     user: ApiUser,
@@ -83,7 +106,9 @@ def events(
     }
 
 
-@router.get("/stats", summary="Counts and compliance per time bucket and per camera")
+@router.get(
+    "/stats", summary="Counts and compliance per time bucket and per camera", responses=_errors(401, 422)
+)
 def stats(
     rt: RuntimeDep,
     user: ApiUser,
@@ -100,7 +125,7 @@ def stats(
     return data
 
 
-@router.get("/cameras", summary="Configured cameras with live state and counters")
+@router.get("/cameras", summary="Configured cameras with live state and counters", responses=_errors(401))
 def cameras(rt: RuntimeDep, user: ApiUser) -> dict[str, Any]:
     return {"cameras": rt.cameras.describe(), "gender": rt.gender_enabled}
 
