@@ -420,6 +420,14 @@ def test_settings_save_validate_and_gender_off(authed):
     assert rt.store.get_setting_overrides()["detector"]["score_threshold"] == "0.7"
     cams = client.get("/api/cameras").json()
     assert cams["gender"] is False and cams["cameras"][0]["source"] == "rtsp://***@cam/1"
+    # the settings page shows the source redacted, and saving it unchanged keeps the credentials
+    again = client.get("/settings").text
+    assert "rtsp://***@cam/1" in again and "u:p@" not in again
+    form2 = {k: v for k, v in re.findall(r'<input name="([\w.-]+)" value="([^"]*)"', again)}
+    form2.update({"csrf_token": csrf_from(again), "cam-0-enabled": "on", "smtp.security": "ssl"})
+    r2 = client.post("/settings", data=form2, follow_redirects=False)
+    assert r2.status_code == 303, r2.text
+    assert rt.settings.cameras[0].source == "rtsp://u:p@cam/1"
     assert "Man" not in client.get("/").text and "apparent gender" not in client.get("/stats").text
     form["detector.score_threshold"] = "5"
     bad = client.post("/settings", data=form)

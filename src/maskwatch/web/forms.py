@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from maskwatch.config import Settings
+from maskwatch.sources import redact_source
 
 CAMERA_ROWS_EXTRA = 2
 
@@ -111,6 +112,8 @@ def settings_overrides(form: Mapping[str, Any], current: Settings) -> dict[str, 
     i = 0
     while f"cam-{i}-name" in form or f"cam-{i}-source" in form:
         name, source = _text(form, f"cam-{i}-name"), _text(form, f"cam-{i}-source")
+        if "***@" in source:  # shown redacted: the stored source (with its credentials) stays
+            source = _unredacted(source, name, current)
         if name or source:
             cameras.append(
                 {
@@ -128,6 +131,17 @@ def settings_overrides(form: Mapping[str, Any], current: Settings) -> dict[str, 
             raise ValueError(f"camera names must be present, unique and without '/': {name!r}")
     out["cameras"] = cameras
     return out
+
+
+def _unredacted(shown: str, name: str, current: Settings) -> str:
+    """The stored source a redacted one stands for (the same camera's first, else any camera's)."""
+    same = [c.source for c in current.cameras if c.name == name] + [c.source for c in current.cameras]
+    for source in same:
+        if redact_source(source) == shown:
+            return source
+    raise ValueError(
+        f"camera {name!r}: type the source's user and password again ('***' is how they are shown)"
+    )
 
 
 def form_values(settings: Settings, submitted: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -166,7 +180,7 @@ def _typed(form: Mapping[str, Any], key: str) -> str:
 def camera_rows(settings: Settings, submitted: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """The camera rows to render: the settings' cameras, or the rows of a `submitted` form as typed."""
     if submitted is None:
-        rows = [c.model_dump() for c in settings.cameras]
+        rows = [{**c.model_dump(), "source": redact_source(c.source)} for c in settings.cameras]
     else:
         rows, i = [], 0
         while f"cam-{i}-name" in submitted or f"cam-{i}-source" in submitted:
