@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from maskwatch import __version__
+from maskwatch.web import schemas as S
 from maskwatch.web.analysis import BadMedia, ModelsUnavailable, decode_image
 from maskwatch.web.deps import MAX_DB_INT, ApiUser, RuntimeDep, limit_uploads, read_upload, run_vision, utc
+
+if TYPE_CHECKING:
+    from maskwatch.store import Event as StoredEvent
 
 
 class ErrorBody(BaseModel):
@@ -37,14 +41,14 @@ router = APIRouter(prefix="/api", tags=["api"])
 
 
 @router.get("/health", summary="Liveness check (no authentication)")
-async def health() -> dict[str, Any]:
+async def health() -> S.Health:
     """`{"status": "ok", "version": ...}`. Details (models, cameras, alerts) need authentication."""
-    return {"status": "ok", "version": __version__}
+    return S.Health(status="ok", version=__version__)
 
 
 @router.get("/status", summary="Details of the running service", responses=_errors(401))
-def status(rt: RuntimeDep, user: ApiUser) -> dict[str, Any]:
-    return {"status": "ok", "version": __version__, **rt.health()}
+def status(rt: RuntimeDep, user: ApiUser) -> S.Status:
+    return S.Status.model_validate({"status": "ok", "version": __version__, **rt.health()})
 
 
 @router.post(
@@ -52,7 +56,7 @@ def status(rt: RuntimeDep, user: ApiUser) -> dict[str, Any]:
 )
 async def detect(
     rt: RuntimeDep, user: ApiUser, file: UploadFile = File(..., description="JPEG/PNG/WebP/BMP")
-):
+) -> S.FrameResult:
     """Multipart upload of one image (field `file`). Returns a FrameResult: `faces` in the Face shape
     (box x1,y1,x2,y2 in pixels, score, landmarks, track_id, mask and apparent gender with confidence).
 
@@ -70,17 +74,14 @@ async def detect(
         raise HTTPException(exc.status_code, str(exc)) from exc
     except ModelsUnavailable as exc:
         raise HTTPException(503, f"models unavailable: {exc}") from exc
-    return result.to_dict(gender=rt.gender_enabled)
+    return S.public(S.FrameResult.model_validate(result.to_dict()), gender=rt.gender_enabled)
 
 
-def _event_dict(event: Any, gender: bool) -> dict[str, Any]:
+def _event(event: StoredEvent) -> S.Event:
     d = event.to_dict()
     d.pop("snapshot", None)  # a server path; clients use snapshot_url
     d["snapshot_url"] = f"/events/{event.id}/snapshot.jpg" if event.snapshot else None
-    if not gender:
-        d.pop("gender_label", None)
-        d.pop("gender_confidence", None)
-    return d
+    return S.Event.model_validate(d)
 
 
 @router.get("/events", summary="Alert events, newest first", responses=_errors(401, 422))
@@ -93,17 +94,12 @@ def events(
     label: Literal["mask", "no_mask", "incorrect", "uncertain"] | None = None,
     offset: int = Query(0, ge=0, le=MAX_DB_INT),
     limit: int = Query(50, ge=1, le=500),
-) -> dict[str, Any]:
+) -> S.Events:
     items, total = rt.store.list_events(
         camera=camera, since=utc(since), until=utc(until), label=label, offset=offset, limit=limit
     )
-    gender = rt.gender_enabled
-    return {
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "events": [_event_dict(e, gender) for e in items],
-    }
+    answer = S.Events(total=total, offset=offset, limit=limit, events=[_event(e) for e in items])
+    return S.public(answer, gender=rt.gender_enabled)
 
 
 @router.get(
@@ -116,18 +112,17 @@ def stats(
     until: datetime | None = None,
     camera: str | None = None,
     bucket: Literal["minute", "hour", "day"] = "hour",
-) -> dict[str, Any]:
+) -> S.Stats:
     data = rt.store.stats(since=utc(since), until=utc(until), camera=camera, bucket=bucket)
-    if not rt.gender_enabled:
-        for row in [*data.get("buckets", []), *data.get("per_camera", {}).values(), data.get("totals", {})]:
-            row.pop("man", None)
-            row.pop("woman", None)
-    return data
+    return S.public(S.Stats.model_validate(data), gender=rt.gender_enabled)
 
 
 @router.get("/cameras", summary="Configured cameras with live state and counters", responses=_errors(401))
-def cameras(rt: RuntimeDep, user: ApiUser) -> dict[str, Any]:
-    return {"cameras": rt.cameras.describe(), "gender": rt.gender_enabled}
+def cameras(rt: RuntimeDep, user: ApiUser) -> S.Cameras:
+    gender = rt.gender_enabled
+    return S.public(
+        S.Cameras.model_validate({"cameras": rt.cameras.describe(), "gender": gender}), gender=gender
+    )
 
 
 @router.get("/openapi.json", include_in_schema=False)
