@@ -394,3 +394,21 @@ def test_schema_2_database_is_upgraded_in_place(tmp_path):
     assert store.revoke_token(info.id) and store.verify_token(SCHEMA_2_TOKEN) is None
     store.close()
     Store(url, snapshots_dir=tmp_path / "snaps").close()  # reopening the upgraded database is a no-op
+
+
+def test_an_open_live_socket_closes_soon_after_logout(web, monkeypatch):
+    """A WebSocket is authenticated when it connects, and again every few seconds: a page left open
+    stops receiving camera frames once its session ends."""
+    import maskwatch.web.routes.live as live
+
+    monkeypatch.setattr(live, "SESSION_RECHECK_S", 0.3)
+    client, _ = web
+    assert login(client).status_code == 303
+    other = TestClient(client.app)
+    assert login(other).status_code == 303
+    with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect("/ws/live") as ws:
+        assert ws.receive_json()["type"] == "cameras"  # connected and served
+        assert other.post("/logout", data={"csrf_token": _csrf(other, "/")}).status_code == 200
+        for _ in range(10):  # state messages come about once a second until the re-check closes it
+            ws.receive_json()
+    assert exc.value.code == 1008

@@ -83,6 +83,9 @@ def check_csrf(request: Request, submitted: str | None) -> None:
 _USER_KEY = "maskwatch.session_user"  # scope key: the checked session user of this request
 
 
+SESSION_RECHECK_S = 5.0
+
+
 def session_user(conn: Request | WebSocket) -> str | None:
     """The signed-in user, when the session cookie names a user whose session version it still carries
     (a session ended by logout, a new password or the user's removal is cleared here)."""
@@ -105,6 +108,18 @@ def session_user(conn: Request | WebSocket) -> str | None:
         conn.session.clear()  # an ended session: its cookie is dropped with this response
     conn.scope[_USER_KEY] = valid
     return valid
+
+
+def session_still_valid(conn: Request | WebSocket, user: str) -> bool:
+    """For a long-lived connection (a WebSocket) of `user`: has its session not been ended since it
+    connected (logout, a new password, the user removed)? Asked every `SESSION_RECHECK_S`."""
+    from maskwatch.store import StoreError
+
+    try:
+        return conn.session.get("sv") == conn.app.state.runtime.store.session_version(user)
+    except StoreError as exc:  # the database is unavailable: not a reason to cut a live view
+        log.error("session not re-checked: %s", exc)
+        return True
 
 
 def login_session(request: Request, user: str) -> None:

@@ -43,7 +43,7 @@ from fastapi.responses import Response, StreamingResponse
 from maskwatch.monitor.stream import CameraStream, placeholder_jpeg
 from maskwatch.store import Event
 from maskwatch.web.analysis import MAX_STREAM_SIDE, BadMedia, ModelsUnavailable, counts, decode_image
-from maskwatch.web.auth import same_origin, session_user
+from maskwatch.web.auth import SESSION_RECHECK_S, same_origin, session_still_valid, session_user
 from maskwatch.web.deps import PageUser, RuntimeDep
 from maskwatch.web.runtime import Runtime
 
@@ -74,11 +74,17 @@ async def webcam(ws: WebSocket) -> None:
         return session.process(decode_image(data, max_side=MAX_STREAM_SIDE), index, time.time())
 
     seq = 0
+    checked = time.monotonic()
     try:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            if time.monotonic() - checked > SESSION_RECHECK_S:
+                if not session_still_valid(ws, user):
+                    await ws.close(code=1008, reason="signed out")
+                    return
+                checked = time.monotonic()
             data = message.get("bytes")
             if data is None:
                 continue  # text messages (pings) are ignored
@@ -149,8 +155,8 @@ class _Tile:
 class _LiveFeed:
     """One /ws/live connection: the subscribed tiles and the loop sending each one's newest frame."""
 
-    def __init__(self, ws: WebSocket, rt: Runtime) -> None:
-        self.ws, self.rt = ws, rt
+    def __init__(self, ws: WebSocket, rt: Runtime, user: str) -> None:
+        self.ws, self.rt, self.user = ws, rt, user
         self.wanted: list[str] = []
         self.tiles: dict[str, _Tile] = {}
         self.wake = asyncio.Event()
@@ -158,10 +164,16 @@ class _LiveFeed:
     async def run(self) -> None:
         reader = asyncio.create_task(self._read())
         next_state = 0.0
+        checked = time.monotonic()
         try:
             while not self.rt.stopping and not reader.done():
                 self.wake.clear()
                 now = time.monotonic()
+                if now - checked > SESSION_RECHECK_S:
+                    if not session_still_valid(self.ws, self.user):
+                        await self.ws.close(code=1008, reason="signed out")
+                        return
+                    checked = now
                 if now >= next_state:
                     self._sync()  # cameras started, stopped or restarted since
                     await self.ws.send_json({"type": "cameras", "cameras": self.rt.cameras.describe()})
@@ -249,11 +261,12 @@ def _frame_message(name: str, seq: int, snapshot: dict[str, Any], jpeg: bytes) -
 @router.websocket("/ws/live")
 async def live(ws: WebSocket) -> None:
     rt = ws.app.state.runtime
-    if session_user(ws) is None or not same_origin(ws):
+    user = session_user(ws)
+    if user is None or not same_origin(ws):
         await ws.close(code=1008, reason="authentication required")
         return
     await ws.accept()
-    await _LiveFeed(ws, rt).run()
+    await _LiveFeed(ws, rt, user).run()
 
 
 def _worker_or_404(rt: Runtime, name: str) -> CameraStream:
