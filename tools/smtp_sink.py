@@ -42,8 +42,13 @@ class SmtpSink:
         self._lock = threading.Lock()
 
     def start(self) -> SmtpSink:
-        from aiosmtpd.controller import Controller
-        from aiosmtpd.smtp import AuthResult
+        try:
+            from aiosmtpd.controller import Controller
+            from aiosmtpd.smtp import AuthResult
+        except ImportError as exc:  # a development tool: say what to install, no traceback
+            raise SystemExit(
+                "the local SMTP server needs aiosmtpd, a development dependency: pip install -e '.[dev]'"
+            ) from exc
 
         sink = self
 
