@@ -328,7 +328,7 @@ def test_cli_test_email_export_and_users(tmp_path, sink, monkeypatch):
     assert "2 event(s) written" in r.output and "(incorrect 1, no_mask 1)" in r.output
     lines = out.read_text().splitlines()
     assert (
-        lines[0].startswith("id,time,camera")
+        lines[0].startswith("id,time_utc,camera")
         and '"gate, north"' in lines[1]
         and "no_mask,0.91,man" in lines[1]
         and ",4,incorrect,0.87," in lines[2]

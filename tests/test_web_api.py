@@ -532,3 +532,23 @@ def test_no_inline_scripts_in_pages(authed):
         assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
         assert not re.search(r"<[^>]+\son[a-z]+=", html), path
         assert not re.search(r"<[^>]+\sstyle=", html), path
+
+
+def test_csv_exports_share_one_keyset_paged_formula_safe_writer(authed, tmp_path, monkeypatch):
+    """The web and CLI exports are the same rows; an alert stored mid-export neither repeats nor shifts
+    rows (ids only grow), and formulas are neutralised in both."""
+    import maskwatch.alerts.export as export
+
+    client, rt = authed
+    monkeypatch.setattr(export, "BATCH", 2)  # several batches with a handful of events
+    for i in range(5):
+        _add_event(rt.store, "=cmd|calc" if i == 0 else "door", minutes_ago=i)
+    chunks = export.csv_chunks(rt.store, gender=True)
+    first = next(chunks) + next(chunks)  # header and the first two rows read
+    _add_event(rt.store, "door")  # an alert arrives during the export
+    text = first + "".join(chunks)
+    ids = [line.split(",")[0] for line in text.strip().splitlines()[1:]]
+    assert len(ids) == len(set(ids)) == 6 and ids == sorted(ids, key=int)  # none repeated, oldest first
+    assert "'=cmd|calc" in text
+    web = client.get("/events.csv").text
+    assert web.replace("\r\n", "\n") == text.replace("\r\n", "\n")

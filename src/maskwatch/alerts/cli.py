@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -126,28 +125,20 @@ def events() -> None:
 def export(csv_file: Path, camera, since, until, config_file: Path | None) -> None:
     """Export alert events to CSV (oldest first)."""
     settings, store = _open(config_file)
-    fields = [
-        "id",
-        "time",
-        "camera",
-        "track_id",
-        "mask_label",
-        "mask_confidence",
-        "gender_label",
-        "gender_confidence",
-        "snapshot",
-        "mail_status",
-    ]
+    from maskwatch.alerts.export import csv_chunks
+
     out = sys.stdout if str(csv_file) == "-" else open(csv_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
-    n, labels = 0, Counter[str]()
     try:
-        writer = csv.DictWriter(out, fieldnames=fields)
-        writer.writeheader()
+        for chunk in csv_chunks(
+            store,
+            gender=settings.privacy.gender_enabled,
+            camera=camera,
+            since=_when(since),
+            until=_when(until),
+        ):
+            out.write(chunk)
+        n, labels = 0, Counter[str]()
         for ev in store.iter_events(camera=camera, since=_when(since), until=_when(until)):
-            row = ev.to_dict()
-            if not settings.privacy.gender_enabled:
-                row["gender_label"] = row["gender_confidence"] = None
-            writer.writerow({k: row[k] for k in fields})
             n += 1
             labels[ev.mask_label] += 1
     finally:

@@ -161,12 +161,14 @@ class EventsSection(StoreBase):
 
         return self._run("reading events", read)
 
-    def iter_events(self, *, camera=None, since=None, until=None, batch: int = 1000) -> Iterable[Event]:
-        """All matching events oldest first, read in batches (for exports)."""
+    def iter_events(
+        self, *, camera=None, since=None, until=None, label: str | None = None, batch: int = 1000
+    ) -> Iterable[Event]:
+        """All matching events oldest first, read in batches after the last id seen (for exports)."""
         last: int | None = 0  # read events always have an id
 
         def read(session: Session) -> list[Event]:  # the batch after event id `last`
-            q = self._events_query(camera, since, until, None).where(EventRow.id > last)
+            q = self._events_query(camera, since, until, label).where(EventRow.id > last)
             return [_event(r) for r in session.scalars(q.order_by(EventRow.id).limit(batch))]
 
         while True:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import hmac
-import io
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -16,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from maskwatch.alerts.export import csv_chunks
 from maskwatch.store import TOKEN_ID_RE
 from maskwatch.web import forms
 from maskwatch.web.analysis import BadMedia, ModelsUnavailable, analyze_upload, encode_jpeg
@@ -264,13 +263,6 @@ def events_page(
     )
 
 
-def _csv_cell(value: Any) -> Any:
-    """Neutralise spreadsheet formulas in exported text cells."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 @router.get("/events.csv")
 def events_csv(
     rt: RuntimeDep,
@@ -281,44 +273,9 @@ def events_csv(
     label: str | None = None,
 ):
     filters = _event_filters(camera, _parse_dt(since), _parse_dt(until), label)
-    gender = rt.gender_enabled
-    header = ["id", "time_utc", "camera", "track_id", "mask_label", "mask_confidence"]
-    if gender:
-        header += ["apparent_gender", "gender_confidence"]
-    header += ["mail_status", "snapshot_url"]
-
-    def rows():
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(header)
-        offset = 0
-        while True:
-            batch, _total = rt.store.list_events(**filters, offset=offset, limit=500)
-            for e in batch:
-                row = [
-                    e.id,
-                    e.time.isoformat(),
-                    e.camera,
-                    e.track_id,
-                    e.mask_label,
-                    round(e.mask_confidence, 4),
-                ]
-                if gender:
-                    row += [
-                        e.gender_label,
-                        None if e.gender_confidence is None else round(e.gender_confidence, 4),
-                    ]
-                row += [e.mail_status, f"/events/{e.id}/snapshot.jpg" if e.snapshot else ""]
-                writer.writerow([_csv_cell(v) for v in row])
-            yield buf.getvalue()
-            buf.seek(0)
-            buf.truncate()
-            if len(batch) < 500:
-                return
-            offset += 500
-
+    chunks = csv_chunks(rt.store, gender=rt.gender_enabled, **filters)
     return StreamingResponse(
-        rows(),
+        chunks,
         media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="maskwatch-events.csv"'},
     )
