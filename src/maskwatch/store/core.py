@@ -87,12 +87,6 @@ class Store(EventsSection, OutboxSection, StatsSection, UsersSection, SettingsSe
         """The Alembic revision of the database (`migrate.head()` once opened)."""
         return self._run("reading the schema revision", lambda s: migrate.current_revision(s.connection()))
 
-    def ping(self) -> None:
-        """Raise StoreError unless the database can be written."""
-        self._run(
-            "writing to the database", lambda s: s.merge(MetaRow(key="ping", value=utcnow().isoformat()))
-        )
-
     # -- retention
 
     def purge_older_than(self, days: int, *, now: datetime | None = None) -> int:
