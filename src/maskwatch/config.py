@@ -194,8 +194,10 @@ class WebSettings(BaseModel):
     # proxies (IPs or CIDRs) whose X-Forwarded-For is believed: the client is the right-most address
     # there that is not one of them; from any other peer the header is ignored
     trusted_proxies: list[str] = []
+    # client addresses (IPs or CIDRs) that may read /metrics without a token; empty: a token only
+    metrics_allow: list[str] = []
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "metrics_allow")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
         import ipaddress

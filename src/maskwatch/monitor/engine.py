@@ -37,7 +37,7 @@ from maskwatch.config import CameraSettings, Settings, apply_overrides
 from maskwatch.monitor.models import Models
 from maskwatch.monitor.reader import FrameReader, Opener
 from maskwatch.monitor.session import StreamSession
-from maskwatch.monitor.stream import CameraStream
+from maskwatch.monitor.stream import CameraStream, FrameObserver
 from maskwatch.sources import redact_source
 from maskwatch.store import Event, Store
 from maskwatch.types import FrameResult
@@ -102,6 +102,7 @@ class Monitor:
         self._stop = threading.Event()
         self._detector_slots = threading.BoundedSemaphore(1)
         self.on_processed: Callable[[str, float], None] | None = None  # (camera, latency ms): the bench
+        self.frame_observer: FrameObserver | None = None  # every finished camera frame (the web's /metrics)
         # the workers' settings apply to the collaborators too, also those built from file settings
         self.update_settings(settings, reconcile=False)
 
@@ -169,6 +170,7 @@ class Monitor:
             stall_after_s=self.settings.monitor.stall_after_s,
             gender=lambda: self.gender_enabled,
             annotate=lambda image, result, gender: self.models.annotate(image, result, gender=gender),
+            observer=lambda done: self.frame_observer(done) if self.frame_observer is not None else None,
         )
 
     def reconcile(self, cameras: list[CameraSettings], *, restart_all: bool = False) -> None:

@@ -8,6 +8,7 @@ and no viewer costs nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import Counter, deque
@@ -22,7 +23,10 @@ from maskwatch.config import CameraSettings
 from maskwatch.monitor.reader import RESUMED_AFTER_S, Captured, FrameReader
 from maskwatch.monitor.session import StreamSession
 from maskwatch.sources import redact_source
+from maskwatch.store import Event
 from maskwatch.types import FrameResult
+
+log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 300  # frames kept for the latency percentiles
 FPS_WINDOW_S = 2.0  # processed fps: frames finished in the last 2 s
@@ -75,6 +79,21 @@ class Processed:
     work_ms: float
 
 
+@dataclass(frozen=True)
+class FrameDone:
+    """One finished camera frame, for a `FrameObserver` (the web app's /metrics)."""
+
+    camera: str
+    result: FrameResult
+    events: list[Event]  # the alert events this frame raised
+    latency_s: float  # capture (the reader receiving the frame) to result
+    detected: bool  # the detector ran on this frame (else its faces were tracked)
+    classified: int  # faces the attribute model ran on
+
+
+FrameObserver = Callable[[FrameDone], None]
+
+
 class CameraStream:
     """One camera. The monitor's workers call `process(frame)`; viewers call `latest`, `snapshot`,
     `subscribe`."""
@@ -88,8 +107,10 @@ class CameraStream:
         stall_after_s: float,
         gender: Callable[[], bool],
         annotate: Callable[[np.ndarray, FrameResult, bool], np.ndarray],
+        observer: FrameObserver | None = None,
     ) -> None:
         self.cam = cam
+        self._observer = observer
         self.reader = reader
         self.session = session
         self.stall_after_s = stall_after_s
@@ -131,7 +152,7 @@ class CameraStream:
         t0 = time.perf_counter()
         if self.cam.max_fps:
             self.next_due = t0 + 1.0 / self.cam.max_fps
-        result, _events = self.session.process(frame.image, frame.captured_at, may_detect=may_detect)
+        result, events = self.session.process(frame.image, frame.captured_at, may_detect=may_detect)
         gender = bool(self._gender())
         jpeg = None
         if self._subscribers:
@@ -150,7 +171,20 @@ class CameraStream:
             self._work_ms = (done - t0) * 1000
             self.error = None
         self._notify()
+        if self._observer is not None:
+            self._observe(FrameDone(self.name, result, events, latency / 1000, *self._detected()))
         return Processed(result, latency, (done - t0) * 1000)
+
+    def _detected(self) -> tuple[bool, int]:
+        pipe = self.session.pipeline
+        return getattr(pipe, "_since_detect", 0) == 0, int(getattr(pipe, "classified_last", 0))
+
+    def _observe(self, done: FrameDone) -> None:
+        try:
+            if self._observer is not None:
+                self._observer(done)
+        except Exception as exc:  # noqa: BLE001 - an observer (metrics) must never stop the video loop
+            log.warning("camera %s: frame observer failed: %s", self.name, exc)
 
     # -- the viewer side
     def subscribe(self) -> asyncio.Event:

@@ -179,11 +179,12 @@ def create_app(
     )
     app.state.runtime = runtime
 
-    from maskwatch.web.routes import api, live, pages
+    from maskwatch.web.routes import api, live, metrics, pages
 
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(live.router)
+    metrics.install(app)  # /metrics (Prometheus), outside the OpenAPI schema
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.exception_handler(LoginRequired)
