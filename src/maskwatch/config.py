@@ -174,6 +174,43 @@ class AlertSettings(BaseModel):
     base_url: str = "http://127.0.0.1:8000"  # used for links in emails
 
 
+class MqttSettings(BaseModel):
+    """MQTT integration (maskwatch.integrations.mqtt; needs the `mqtt` extra). Off while `url` is None."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
+
+    url: str | None = None  # "mqtt://user:pass@host:1883" or "mqtts://..." (TLS); None: off
+    ca_file: Path | None = None  # mqtts: an extra CA to trust (e.g. a self-signed broker certificate)
+    topic_prefix: str = "maskwatch"
+    snapshots: bool = False  # events carry the snapshot JPEG (base64)
+    homeassistant: bool = False  # Home Assistant MQTT discovery (homeassistant/... config topics)
+    client_id: str | None = None  # None: "maskwatch-<host>-<pid>"
+    qos: int = Field(1, ge=0, le=2)  # events; at least once needs >= 1
+    state_every_s: float = Field(5.0, gt=0)  # camera state is republished this often (and on change)
+    max_pending: int = Field(10000, ge=1)  # events kept in memory until the broker acknowledges them
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"mqtt.url must look like 'mqtt://[user:pass@]host[:port]' (or mqtts): {v!r}")
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v or any(c in v for c in "+#\x00"):
+            raise ValueError("mqtt.topic_prefix must be a non-empty topic without + or #")
+        return v
+
+
 class PrivacySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
 
@@ -224,6 +261,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     alerts: AlertSettings = AlertSettings()
     privacy: PrivacySettings = PrivacySettings()
+    mqtt: MqttSettings = MqttSettings()
     web: WebSettings = WebSettings()
 
     @field_validator("data_dir")

@@ -103,6 +103,9 @@ class AlertEngine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._last_flush = time.monotonic()
+        # called from the writer thread with each event once stored (id, snapshot filled in), e.g. the
+        # MQTT publisher; must be quick; an exception is logged, never raised
+        self.on_stored: list[Callable[[Event], None]] = []
         self.update_settings(settings)
 
     # -- the video loop side
@@ -270,6 +273,11 @@ class AlertEngine:
         if not self.health["store_ok"]:
             log.warning("database writable again; alert events are being saved")
         self.health.update(store_ok=True)
+        for hook in list(self.on_stored):
+            try:
+                hook(ev)
+            except Exception as exc:  # noqa: BLE001 - a listener must not stop the writer
+                log.error("on_stored listener %r failed: %s", hook, exc, exc_info=True)
         return True
 
     def _error(self, message: str, exc_info: bool = False) -> None:

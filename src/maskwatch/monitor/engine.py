@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -41,6 +41,9 @@ from maskwatch.monitor.stream import CameraStream, FrameObserver
 from maskwatch.sources import redact_source
 from maskwatch.store import Event, Store
 from maskwatch.types import FrameResult
+
+if TYPE_CHECKING:
+    from maskwatch.integrations.mqtt import MqttPublisher
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,7 @@ class Monitor:
         self._stop = threading.Event()
         self._detector_slots = threading.BoundedSemaphore(1)
         self.on_processed: Callable[[str, float], None] | None = None  # (camera, latency ms): the bench
+        self.mqtt: MqttPublisher | None = None  # when mqtt.url is set (maskwatch.integrations.mqtt)
         self.frame_observer: FrameObserver | None = None  # every finished camera frame (the web's /metrics)
         # the workers' settings apply to the collaborators too, also those built from file settings
         self.update_settings(settings, reconcile=False)
@@ -122,9 +126,29 @@ class Monitor:
                 part.update_settings(settings)
             except Exception as exc:  # noqa: BLE001 - one part failing must not stop the others
                 log.error("applying settings to %s failed: %s", type(part).__name__, exc)
+        self._apply_mqtt(settings)
         if reconcile:
             restart = old.detector != settings.detector or old.monitor != settings.monitor
             self.reconcile(settings.cameras, restart_all=restart)
+
+    def _apply_mqtt(self, settings: Settings) -> None:
+        """Create, reconfigure or stop the MQTT publisher (its module is imported only when configured)."""
+        try:
+            if settings.mqtt.url and self.mqtt is None:
+                from maskwatch.integrations.mqtt import MqttPublisher
+
+                self.mqtt = MqttPublisher(settings, self.describe, snapshots_dir=self.store.snapshots_dir)
+                self.alerts.on_stored.append(self.mqtt.on_event)
+                if self._running:
+                    self.mqtt.start()
+            elif settings.mqtt.url and self.mqtt is not None:
+                self.mqtt.update_settings(settings)
+            elif self.mqtt is not None:
+                publisher, self.mqtt = self.mqtt, None
+                self.alerts.on_stored.remove(publisher.on_event)
+                publisher.stop()
+        except Exception as exc:  # noqa: BLE001 - MQTT must not stop the cameras
+            log.error("MQTT: %s", exc)
 
     # -- alerts (every stream, cameras and webcams)
     def observe(self, key: str, result: FrameResult, image: np.ndarray) -> list[Event]:
@@ -308,6 +332,8 @@ class Monitor:
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "threads;1")  # decoding: one core per stream
         if self.mailer is not None:
             self.mailer.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
         threading.Thread(target=self.models.warm, name="warm-models", daemon=True).start()
         with self._cond:
             self._running = True
@@ -336,7 +362,7 @@ class Monitor:
             w.join(timeout=5)
         for s in streams:
             s.reader.join(timeout=3)
-        for part in (self.alerts, self.mailer):
+        for part in (self.alerts, self.mailer, self.mqtt):  # alerts first: their last events go out too
             if part is None:
                 continue
             try:
