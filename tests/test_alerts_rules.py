@@ -87,6 +87,14 @@ def test_a_looping_walk_is_one_person_per_cooldown():
     assert len(run(rules, frames)) == 3  # 15 s with a 6 s cooldown: alerts at about 1, 7 and 13 s
 
 
+def test_a_track_lost_and_found_mid_walk_is_the_same_person():
+    rules = AlertRules(settings(cooldown_s=60))
+    walk = [[f(1, x=x)] for x in range(0, 300, 10)]  # alerts on the way
+    gap = [[]] * 3  # the tracker loses the face for a moment
+    found = [[f(2, x=x)] for x in range(150, 300, 10)]  # found again half way, with a new id
+    assert [a for _, a in run(rules, walk + gap + found)] == [1]
+
+
 def test_reentry_with_a_quick_id_switch():
     rules = AlertRules(settings())  # the tracker loses the person for one frame and gives a new id
     assert run(rules, [[f(1)]] * 20 + [[f(2, x=105)]] * 40) == [(10, 1)]

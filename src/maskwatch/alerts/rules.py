@@ -10,9 +10,10 @@ alert. Faces without a track id never alert (a person cannot be followed across 
 
 Cooldown: a person alerts at most once per `cooldown_s`: the same track alerts again only after the
 cooldown (if still unmasked), and a *new* track that starts within `reentry_radius` face widths of where
-an alerted person was first or last seen on the same camera, within the cooldown, is taken as that person
-coming back (tracks get new ids when someone leaves and re-enters, when a looping video file starts
-again, or when a stream's pipeline is rebuilt). Without face recognition this is an approximation: two
+an alerted person was seen on the same camera (anywhere along their path: where they came in, walked
+and left), within the cooldown, is taken as that person coming back (tracks get new ids when someone
+leaves and re-enters, when a looping video file starts again, when a track is lost and found again
+mid-walk, or when a stream's pipeline is rebuilt). Without face recognition this is an approximation: two
 different people passing the same spot within the cooldown give one alert.
 
 Times are the frames' own timestamps (video time for files, wall time for live sources), per camera.
@@ -46,7 +47,7 @@ class _Track:
     first_seen: float
     last_seen: float
     box: tuple[float, float, float, float]
-    first_box: tuple[float, float, float, float]
+    path: list[tuple[float, float, float, float]]  # where it was seen: a box every half face width
     run_start: float | None = None  # time of the first no_mask / incorrect frame of the current run
     run_frames: int = 0
     run_labels: Counter = field(default_factory=Counter)  # frames per label in the current run
@@ -70,6 +71,21 @@ class _Camera:
     tracks: dict[int, _Track] = field(default_factory=dict)
     left: list[_Left] = field(default_factory=list)
     last_t: float | None = None
+
+
+PATH_POINTS = 24  # boxes kept per track for re-entry matching (the oldest of the middle ones go first)
+
+
+def _extend_path(
+    path: list[tuple[float, float, float, float]], box: tuple[float, float, float, float]
+) -> None:
+    """Keep `box` in the track's path when its centre is half a face width from the last one kept."""
+    lx, ly = (path[-1][0] + path[-1][2]) / 2, (path[-1][1] + path[-1][3]) / 2
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    if ((cx - lx) ** 2 + (cy - ly) ** 2) ** 0.5 >= 0.5 * (box[2] - box[0]):
+        path.append(box)
+        if len(path) > PATH_POINTS:
+            del path[1]  # keep where it came in
 
 
 class AlertRules:
@@ -106,10 +122,11 @@ class AlertRules:
             if tr is None:
                 last_alert = self._reentry(cam, face.box, t, seen)
                 tr = cam.tracks[face.track_id] = _Track(
-                    first_seen=t, last_seen=t, box=face.box, first_box=face.box
+                    first_seen=t, last_seen=t, box=face.box, path=[face.box]
                 )
                 tr.last_alert = last_alert
             tr.last_seen, tr.box = t, face.box
+            _extend_path(tr.path, face.box)
             label = face.mask.label
             if label == "mask" or (label == "incorrect" and not s.incorrect_mask_alerts):
                 tr.run_start, tr.run_frames = None, 0
@@ -147,7 +164,7 @@ class AlertRules:
         for tid in [i for i, tr in cam.tracks.items() if i not in seen and tr.last_alert is not None]:
             tr = cam.tracks.pop(tid)  # an alerted track missing from this frame counts as having left
             if tr.last_alert is not None:
-                cam.left.append(_Left((tr.first_box, tr.box), tr.last_seen, tr.last_alert))
+                cam.left.append(_Left((*tr.path, tr.box), tr.last_seen, tr.last_alert))
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         best, best_d = None, None
         for left in cam.left:
@@ -171,7 +188,7 @@ class AlertRules:
         ]:
             tr = cam.tracks.pop(tid)
             if tr.last_alert is not None and t - tr.last_alert < cooldown:
-                cam.left.append(_Left((tr.first_box, tr.box), tr.last_seen, tr.last_alert))
+                cam.left.append(_Left((*tr.path, tr.box), tr.last_seen, tr.last_alert))
         if cam.left:
             cam.left = [lf for lf in cam.left if t - lf.last_alert < cooldown]
 
