@@ -107,7 +107,7 @@ def test_server_down_then_back_delivers_the_queue(tmp_path, caplog):
     assert "refused the connection" in caplog.text
     msgs, _ = store.list_outbox(status="queued")
     assert len(msgs) == 2 and all(m.attempts == 1 and "refused" in m.last_error for m in msgs)
-    assert worker.health["mail_ok"] is False
+    assert worker.health["mail_ok"] is False and worker.health["send_failures"] == 2  # /metrics reads it
     with SmtpSink(port) as sink:
         time.sleep(0.06)  # the backoff
         assert worker.send_pending_once() == 2

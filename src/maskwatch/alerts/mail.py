@@ -345,7 +345,13 @@ class MailWorker:
         self.store = store
         self.poll_s = poll_s
         self.clock = clock  # for digest timing (the same clock as the AlertEngine's)
-        self.health: dict = {"mail_ok": None, "mail_error": None, "last_sent": None, "queued": None}
+        self.health: dict = {
+            "mail_ok": None,
+            "mail_error": None,
+            "last_sent": None,
+            "queued": None,
+            "send_failures": 0,  # messages not delivered on an attempt (connection or send failed)
+        }
         self._lock = threading.Lock()  # one send_pending_once at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -459,6 +465,7 @@ class MailWorker:
                 again = self.health["mail_error"] == str(exc)
                 log.log(logging.DEBUG if again else logging.ERROR, "email not sent: %s", exc)
                 self.health.update(mail_ok=False, mail_error=str(exc))
+                self.health["send_failures"] += len(due)
                 for msg in due:
                     self._retry_later(msg, str(exc), count_attempt=True, permanent=exc.permanent)
                 return 0, False
@@ -493,6 +500,7 @@ class MailWorker:
         except MailError as exc:
             log.error("email %d not sent: %s", msg.id, exc)
             self.health.update(mail_ok=False, mail_error=str(exc))
+            self.health["send_failures"] += 1
             if exc.maybe_sent:
                 self.store.finish_message(
                     msg.id, status="failed", error=f"{exc} (may have been delivered; not retried)"
