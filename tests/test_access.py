@@ -18,15 +18,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from starlette.websockets import WebSocketDisconnect
 
-from maskwatch.alerts import AlertEngine, MailWorker
 from maskwatch.cli import main
 from maskwatch.config import Settings
 from maskwatch.store import SCHEMA_VERSION, TOKEN_ID_LEN, Store, TokenRow, utcnow
-from maskwatch.web import create_app
 from maskwatch.web.app import SESSION_COOKIE
 from maskwatch.web.auth import LoginLimiter
 from vision_helpers import make_tiny_model
-from web_helpers import PASSWORD, csrf_from, login, shared_yunet, web_settings
+from web_helpers import PASSWORD, csrf_from, login, make_app
 
 BOB_PASSWORD = "bob's own password"
 
@@ -37,18 +35,7 @@ def tiny_models(tmp_path_factory):
 
 
 def _make(tmp_path, tiny_models, **extra):
-    settings = web_settings(tmp_path, model_dir=tiny_models, yunet=shared_yunet(), **extra)
-    store = Store.from_settings(settings)
-    store.add_user("admin", PASSWORD)
-    store.add_user("bob", BOB_PASSWORD)
-    app = create_app(
-        settings,
-        store=store,
-        alerts=AlertEngine(settings, store),
-        mailer=MailWorker(settings, store),
-        start_background=False,
-    )
-    return app, store
+    return make_app(tmp_path, tiny_models, users={"admin": PASSWORD, "bob": BOB_PASSWORD}, **extra)
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from maskwatch.alerts import AlertEngine, MailWorker
+from maskwatch.alerts import MailWorker
 from maskwatch.store import MailDraft, Store
 from maskwatch.web import create_app
 from vision_helpers import make_tiny_model
-from web_helpers import PASSWORD, face_tiles, scene, shared_yunet, web_settings
+from web_helpers import PASSWORD, face_tiles, make_app, scene, shared_yunet, web_settings
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +103,7 @@ def test_metrics_with_a_running_camera(tmp_path, tiny_models):
 
 
 def _app(tmp_path, tiny_models, **web):
-    settings = web_settings(tmp_path, model_dir=tiny_models, yunet=None, web=web)
-    store = Store.from_settings(settings)
-    store.add_user("admin", PASSWORD)
-    app = create_app(
-        settings,
-        store=store,
-        alerts=AlertEngine(settings, store),
-        mailer=MailWorker(settings, store),
-        start_background=False,
-    )
-    return app, store
+    return make_app(tmp_path, tiny_models, yunet=None, web=web)
 
 
 def test_metrics_needs_a_token_or_an_allowed_address(tmp_path, tiny_models):

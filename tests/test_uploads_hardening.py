@@ -24,14 +24,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from maskwatch.alerts import AlertEngine, MailWorker
 from maskwatch.config import SmtpSettings, WebSettings
-from maskwatch.store import Store
 from maskwatch.types import Attribute
-from maskwatch.web import analysis, create_app
+from maskwatch.web import analysis
 from maskwatch.web.analysis import BadMedia, MediaTooLarge, RateLimiter, check_image_header, image_size
 from vision_helpers import make_tiny_model
-from web_helpers import PASSWORD, csrf_from, jpeg, login, shared_yunet, web_settings
+from web_helpers import PASSWORD, csrf_from, jpeg, login, make_app, shared_yunet
 
 HUGE = "99999999999999999999"  # over 2**63: SQLite cannot even bind it
 
@@ -136,18 +134,7 @@ def tiny_models(tmp_path_factory):
 
 
 def _make(tmp_path, tiny_models, *, users=True, **extra):
-    settings = web_settings(tmp_path, model_dir=tiny_models, yunet=shared_yunet(), **extra)
-    store = Store.from_settings(settings)
-    if users:
-        store.add_user("admin", PASSWORD)
-    app = create_app(
-        settings,
-        store=store,
-        alerts=AlertEngine(settings, store),
-        mailer=MailWorker(settings, store),
-        start_background=False,
-    )
-    return app, store
+    return make_app(tmp_path, tiny_models, users=None if users else {}, **extra)
 
 
 @pytest.fixture

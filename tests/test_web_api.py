@@ -16,14 +16,24 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from maskwatch.alerts import AlertEngine, MailWorker
+from maskwatch.alerts import MailWorker
 from maskwatch.sources import redact_source
 from maskwatch.store import MailDraft, Store
 from maskwatch.types import MASK_LABELS, Attribute, Face, FrameResult
 from maskwatch.web import create_app
 from maskwatch.web.auth import LoginLimiter, safe_next
 from vision_helpers import make_tiny_model
-from web_helpers import PASSWORD, csrf_from, face_tiles, jpeg, login, scene, shared_yunet, web_settings
+from web_helpers import (
+    PASSWORD,
+    csrf_from,
+    face_tiles,
+    jpeg,
+    login,
+    make_app,
+    scene,
+    shared_yunet,
+    web_settings,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,18 +48,7 @@ def tiny_models(tmp_path_factory):
 
 
 def _make(tmp_path, tiny_models, *, users=True, **extra):
-    settings = web_settings(tmp_path, model_dir=tiny_models, yunet=shared_yunet(), **extra)
-    store = Store.from_settings(settings)
-    if users:
-        store.add_user("admin", PASSWORD)
-    app = create_app(
-        settings,
-        store=store,
-        alerts=AlertEngine(settings, store),
-        mailer=MailWorker(settings, store),
-        start_background=False,
-    )
-    return app, store
+    return make_app(tmp_path, tiny_models, users=None if users else {}, **extra)
 
 
 @pytest.fixture

@@ -34,6 +34,32 @@ def web_settings(tmp_path: Path, *, model_dir: Path | None, yunet: Path | None, 
     return Settings.model_validate(data)
 
 
+def make_app(
+    tmp_path: Path, model_dir: Path | None, *, users: dict[str, str] | None = None, yunet="shared", **extra
+):
+    """(app, store): a test app on a real SQLite store with a real alert engine and mail worker, no
+    background jobs; `users` {name: password} (default: admin); `yunet`: "shared" (../shared's copy),
+    a path, or None (res10)."""
+    from maskwatch.alerts import AlertEngine, MailWorker
+    from maskwatch.store import Store
+    from maskwatch.web import create_app
+
+    settings = web_settings(
+        tmp_path, model_dir=model_dir, yunet=shared_yunet() if yunet == "shared" else yunet, **extra
+    )
+    store = Store.from_settings(settings)
+    for name, password in (users if users is not None else {"admin": PASSWORD}).items():
+        store.add_user(name, password)
+    app = create_app(
+        settings,
+        store=store,
+        alerts=AlertEngine(settings, store),
+        mailer=MailWorker(settings, store),
+        start_background=False,
+    )
+    return app, store
+
+
 def shared_dir() -> Path | None:
     import os
 
