@@ -247,6 +247,40 @@ class WebSettings(BaseModel):
         return [p.strip() for p in v]
 
 
+class WebhookSettings(BaseModel):
+    """One webhook (maskwatch.integrations.webhooks): each stored alert event is POSTed to `url` as JSON,
+    signed with `secret` (header X-Maskwatch-Signature: sha256=HMAC-SHA256 of the body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str  # http:// or https://
+    secret: str | None = Field(None, repr=False)  # never shown (pages, API, logs)
+    name: str | None = None  # shown in the app and stored with each delivery; default: the URL
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhooks.url must be an http:// or https:// URL: {v!r}")
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+        return v
+
+    @property
+    def key(self) -> str:
+        """How its deliveries name it: `name`, else the URL without user and password."""
+        if self.name:
+            return self.name
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MASKWATCH_", env_nested_delimiter="__", extra="forbid", toml_file=None
@@ -262,6 +296,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     privacy: PrivacySettings = PrivacySettings()
     mqtt: MqttSettings = MqttSettings()
+    webhooks: list[WebhookSettings] = []
     web: WebSettings = WebSettings()
 
     @field_validator("data_dir")

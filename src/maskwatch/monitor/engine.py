@@ -44,6 +44,7 @@ from maskwatch.types import FrameResult
 
 if TYPE_CHECKING:
     from maskwatch.integrations.mqtt import MqttPublisher
+    from maskwatch.integrations.webhooks import WebhookWorker
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Monitor:
         self._detector_slots = threading.BoundedSemaphore(1)
         self.on_processed: Callable[[str, float], None] | None = None  # (camera, latency ms): the bench
         self.mqtt: MqttPublisher | None = None  # when mqtt.url is set (maskwatch.integrations.mqtt)
+        self.webhooks: WebhookWorker | None = None  # when [[webhooks]] are set (integrations.webhooks)
         self.frame_observer: FrameObserver | None = None  # every finished camera frame (the web's /metrics)
         # the workers' settings apply to the collaborators too, also those built from file settings
         self.update_settings(settings, reconcile=False)
@@ -127,6 +129,7 @@ class Monitor:
             except Exception as exc:  # noqa: BLE001 - one part failing must not stop the others
                 log.error("applying settings to %s failed: %s", type(part).__name__, exc)
         self._apply_mqtt(settings)
+        self._apply_webhooks(settings)
         if reconcile:
             restart = old.detector != settings.detector or old.monitor != settings.monitor
             self.reconcile(settings.cameras, restart_all=restart)
@@ -149,6 +152,25 @@ class Monitor:
                 publisher.stop()
         except Exception as exc:  # noqa: BLE001 - MQTT must not stop the cameras
             log.error("MQTT: %s", exc)
+
+    def _apply_webhooks(self, settings: Settings) -> None:
+        """Create, reconfigure or stop the webhook worker (when `settings.webhooks` is not empty)."""
+        try:
+            if settings.webhooks and self.webhooks is None:
+                from maskwatch.integrations.webhooks import WebhookWorker
+
+                self.webhooks = WebhookWorker(settings, self.store)
+                self.alerts.on_stored.append(self.webhooks.on_event)
+                if self._running:
+                    self.webhooks.start()
+            elif settings.webhooks and self.webhooks is not None:
+                self.webhooks.update_settings(settings)
+            elif self.webhooks is not None:
+                worker, self.webhooks = self.webhooks, None
+                self.alerts.on_stored.remove(worker.on_event)
+                worker.stop()
+        except Exception as exc:  # noqa: BLE001 - webhooks must not stop the cameras
+            log.error("webhooks: %s", exc)
 
     # -- alerts (every stream, cameras and webcams)
     def observe(self, key: str, result: FrameResult, image: np.ndarray) -> list[Event]:
@@ -334,6 +356,8 @@ class Monitor:
             self.mailer.start()
         if self.mqtt is not None:
             self.mqtt.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         threading.Thread(target=self.models.warm, name="warm-models", daemon=True).start()
         with self._cond:
             self._running = True
@@ -362,7 +386,8 @@ class Monitor:
             w.join(timeout=5)
         for s in streams:
             s.reader.join(timeout=3)
-        for part in (self.alerts, self.mailer, self.mqtt):  # alerts first: their last events go out too
+        # alerts first: their last events go out too
+        for part in (self.alerts, self.mailer, self.mqtt, self.webhooks):
             if part is None:
                 continue
             try:

@@ -23,6 +23,7 @@ from maskwatch.store.rows import EventRow, MetaRow, MinuteRow, OutboxRow
 from maskwatch.store.settings import SettingsSection
 from maskwatch.store.stats import StatsSection
 from maskwatch.store.users import UsersSection
+from maskwatch.store.webhooks import WebhooksSection
 
 if TYPE_CHECKING:
     from maskwatch.config import Settings
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("maskwatch.store")
 
 
-class Store(EventsSection, OutboxSection, StatsSection, UsersSection, SettingsSection):
+class Store(EventsSection, OutboxSection, StatsSection, UsersSection, SettingsSection, WebhooksSection):
     """The one database of maskwatch. Thread-safe: each call uses its own short session."""
 
     def __init__(

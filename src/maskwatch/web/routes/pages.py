@@ -405,6 +405,7 @@ def outbox_page(
         pages=max(1, -(-total // PAGE_SIZE)),
         status=status or "",
         smtp_configured=bool(rt.settings.smtp.host),
+        webhook_deliveries=rt.store.list_webhook_deliveries(limit=20)[0],  # never the secrets
     )
 
 
