@@ -279,3 +279,14 @@ def test_locked_database_gives_a_clear_store_error(tmp_path):
         con.rollback()
         con.close()
     s.close()
+
+
+def test_purge_deletes_finished_webhook_deliveries_but_keeps_queued_ones(store):
+    now = datetime.now(UTC)
+    ev = store.add_event(
+        camera="c", time=now, track_id=1, mask=Attribute("no_mask", 0.9), gender=None, snapshot_jpeg=None
+    )
+    done, waiting = store.queue_webhooks(ev.id, [("a", {"id": ev.id}), ("b", {"id": ev.id})])
+    store.finish_webhook(done, status="sent")
+    store.purge_older_than(30, now=now + timedelta(days=40))
+    assert [d.id for d in store.list_webhook_deliveries()[0]] == [waiting]  # still to be delivered

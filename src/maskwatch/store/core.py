@@ -19,7 +19,7 @@ from maskwatch.store.base import StoreError, _changed, _explain, utcnow
 from maskwatch.store.events import EventsSection
 from maskwatch.store.minutes import MinuteBuffer
 from maskwatch.store.outbox import OutboxSection
-from maskwatch.store.rows import EventRow, MetaRow, MinuteRow, OutboxRow
+from maskwatch.store.rows import EventRow, MetaRow, MinuteRow, OutboxRow, WebhookDeliveryRow
 from maskwatch.store.settings import SettingsSection
 from maskwatch.store.stats import StatsSection
 from maskwatch.store.users import UsersSection
@@ -92,7 +92,7 @@ class Store(EventsSection, OutboxSection, StatsSection, UsersSection, SettingsSe
 
     def purge_older_than(self, days: int, *, now: datetime | None = None) -> int:
         """Delete events older than `days` with their snapshot files, statistics minutes and finished
-        outbox messages older than that. Returns the number of events deleted."""
+        outbox messages and webhook deliveries older than that. Returns the number of events deleted."""
         if days < 1:
             raise ValueError("days must be >= 1")
         cutoff = (now or utcnow()) - timedelta(days=days)
@@ -104,6 +104,8 @@ class Store(EventsSection, OutboxSection, StatsSection, UsersSection, SettingsSe
             session.execute(
                 delete(OutboxRow).where(OutboxRow.created < cutoff, OutboxRow.status.in_(("sent", "failed")))
             )
+            finished = WebhookDeliveryRow.status.in_(("sent", "failed"))
+            session.execute(delete(WebhookDeliveryRow).where(WebhookDeliveryRow.created < cutoff, finished))
             return n, snaps
 
         n, snaps = self._run("deleting old events", write)
