@@ -306,7 +306,7 @@ def test_rtsp_camera_killed_and_restarted_recovers_without_a_queue(tmp_path, cli
     camera.start()
     monitor, store = _monitor(tmp_path, models, [{"name": "rtsp", "source": camera.url}])
     latencies: list[tuple[float, float]] = []  # (when, ms) of every processed frame
-    monitor.on_processed = lambda _name, ms: latencies.append((time.perf_counter(), ms))
+    monitor.frame_observer = lambda done: latencies.append((time.perf_counter(), done.latency_s * 1000))
     watch = Watch(monitor)
     try:
         monitor.start()

@@ -29,7 +29,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -37,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt  # the `mqtt` extra: this module is imported only when configured
 
 from maskwatch.config import MqttSettings, Settings
+from maskwatch.integrations.payload import event_payload
 from maskwatch.store import Event
 
 log = logging.getLogger(__name__)
@@ -61,20 +61,10 @@ def object_id(name: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_") or "camera"
 
 
-def event_payload(ev: Event, settings: Settings, jpeg: bytes | None = None) -> dict[str, Any]:
-    """The JSON of one stored alert event on `{prefix}/events`."""
-    out: dict[str, Any] = {
-        "id": ev.id,
-        "camera": ev.camera,
-        "time": ev.time.astimezone(UTC).isoformat(),
-        "track_id": ev.track_id,
-        "mask_label": ev.mask_label,
-        "mask_confidence": round(ev.mask_confidence, 4),
-        "url": f"{settings.alerts.base_url.rstrip('/')}/events/{ev.id}",
-    }
-    if settings.privacy.gender_enabled and ev.gender_label is not None:
-        out["gender_label"] = ev.gender_label
-        out["gender_confidence"] = None if ev.gender_confidence is None else round(ev.gender_confidence, 4)
+def event_message(ev: Event, settings: Settings, jpeg: bytes | None = None) -> dict[str, Any]:
+    """The JSON of one stored alert event on `{prefix}/events`: the shared event payload, with the
+    snapshot (base64 JPEG) when `mqtt.snapshots` is on."""
+    out = event_payload(ev, settings)
     if jpeg is not None:
         out["snapshot_jpeg"] = base64.b64encode(jpeg).decode("ascii")
     return out
@@ -369,7 +359,7 @@ class MqttPublisher:
                     jpeg = (self.snapshots_dir / ev.snapshot).read_bytes()
                 except OSError as exc:
                     log.warning("MQTT: snapshot of event %s unreadable: %s", ev.id, exc)
-            payload = json.dumps(event_payload(ev, self.settings, jpeg)).encode()
+            payload = json.dumps(event_message(ev, self.settings, jpeg)).encode()
             self._seq += 1
             self._pending[self._seq] = (f"{m.topic_prefix}/events", payload)
             self._unsent.append(self._seq)

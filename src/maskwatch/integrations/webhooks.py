@@ -21,12 +21,13 @@ import hmac
 import json
 import logging
 import threading
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 
 from maskwatch.config import Settings, WebhookSettings
+from maskwatch.integrations.payload import event_payload
 from maskwatch.store import Event, Store
 from maskwatch.store.base import StoreError, utcnow
 from maskwatch.store.webhooks import WebhookDelivery
@@ -39,23 +40,6 @@ MAX_ATTEMPTS = 8
 TICK_S = 1.0  # the delivery thread looks for due rows this often (and when woken by a new event)
 SIGNATURE_HEADER = "X-Maskwatch-Signature"
 MAX_ERROR_LEN = 500
-
-
-def event_payload(ev: Event, settings: Settings) -> dict[str, Any]:
-    """The JSON POSTed for one stored alert event (never the snapshot)."""
-    out: dict[str, Any] = {
-        "id": ev.id,
-        "camera": ev.camera,
-        "time": ev.time.astimezone(UTC).isoformat(),
-        "track_id": ev.track_id,
-        "mask_label": ev.mask_label,
-        "mask_confidence": round(ev.mask_confidence, 4),
-        "url": f"{settings.alerts.base_url.rstrip('/')}/events/{ev.id}",
-    }
-    if settings.privacy.gender_enabled and ev.gender_label is not None:
-        out["gender_label"] = ev.gender_label
-        out["gender_confidence"] = None if ev.gender_confidence is None else round(ev.gender_confidence, 4)
-    return out
 
 
 def signature(secret: str, body: bytes) -> str:

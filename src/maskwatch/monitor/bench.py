@@ -21,7 +21,7 @@ from typing import Any
 from maskwatch.config import Settings, apply_overrides
 from maskwatch.monitor.engine import Monitor, worker_count
 from maskwatch.monitor.models import Models
-from maskwatch.monitor.stream import percentile
+from maskwatch.monitor.stream import FrameDone, percentile
 from maskwatch.store import Store
 
 
@@ -48,11 +48,11 @@ def run_cameras(
         latencies: dict[str, list[float]] = {n: [] for n in names}
         measuring = threading.Event()
 
-        def record(name: str, latency_ms: float) -> None:
+        def record(done: FrameDone) -> None:
             if measuring.is_set():
-                latencies[name].append(latency_ms)
+                latencies[done.camera].append(done.latency_s * 1000)
 
-        monitor.on_processed = record
+        monitor.frame_observer = record
         monitor.start()
         try:
             time.sleep(warmup_s)

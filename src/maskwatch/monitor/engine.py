@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -103,12 +102,10 @@ class Monitor:
         self._dropped_at_control = 0
         self._read_at_control = 0
         self._calm_s = 0.0
-        self._stop = threading.Event()
         self._detector_slots = threading.BoundedSemaphore(1)
-        self.on_processed: Callable[[str, float], None] | None = None  # (camera, latency ms): the bench
         self.mqtt: MqttPublisher | None = None  # when mqtt.url is set (maskwatch.integrations.mqtt)
         self.webhooks: WebhookWorker | None = None  # when [[webhooks]] are set (integrations.webhooks)
-        self.frame_observer: FrameObserver | None = None  # every finished camera frame (the web's /metrics)
+        self.frame_observer: FrameObserver | None = None  # every finished camera frame (/metrics, the bench)
         # the workers' settings apply to the collaborators too, also those built from file settings
         self.update_settings(settings, reconcile=False)
 
@@ -300,9 +297,7 @@ class Monitor:
             detector = self._detector_slots.acquire(blocking=False)
             try:
                 if frame is not None:
-                    done = stream.process(frame, may_detect=detector)
-                    if self.on_processed is not None:
-                        self.on_processed(stream.name, done.latency_ms)
+                    stream.process(frame, may_detect=detector)
             except Exception as exc:  # noqa: BLE001 - one camera's bad frame must not stop the others
                 stream.error = f"{type(exc).__name__}: {exc}"
                 log.warning("camera %s: %s", stream.name, stream.error)

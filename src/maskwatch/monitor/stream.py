@@ -70,18 +70,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-@dataclass
-class Processed:
-    """What one worker pass produced (for the bench and tests)."""
-
-    result: FrameResult
-    latency_ms: float
-    work_ms: float
-
-
 @dataclass(frozen=True)
 class FrameDone:
-    """One finished camera frame, for a `FrameObserver` (the web app's /metrics)."""
+    """One finished camera frame, for a `FrameObserver` (the web app's /metrics, the bench)."""
 
     camera: str
     result: FrameResult
@@ -148,7 +139,7 @@ class CameraStream:
     def due(self, now: float) -> bool:
         return not self.busy and self.reader.has_frame and now >= self.next_due
 
-    def process(self, frame: Captured, *, may_detect: bool = True) -> Processed:
+    def process(self, frame: Captured, *, may_detect: bool = True) -> None:
         t0 = time.perf_counter()
         if self.cam.max_fps:
             self.next_due = t0 + 1.0 / self.cam.max_fps
@@ -172,12 +163,10 @@ class CameraStream:
             self.error = None
         self._notify()
         if self._observer is not None:
-            self._observe(FrameDone(self.name, result, events, latency / 1000, *self._detected()))
-        return Processed(result, latency, (done - t0) * 1000)
-
-    def _detected(self) -> tuple[bool, int]:
-        pipe = self.session.pipeline
-        return getattr(pipe, "_since_detect", 0) == 0, int(getattr(pipe, "classified_last", 0))
+            pipe = self.session.pipeline
+            self._observe(
+                FrameDone(self.name, result, events, latency / 1000, pipe.detected_last, pipe.classified_last)
+            )
 
     def _observe(self, done: FrameDone) -> None:
         try:

@@ -124,6 +124,7 @@ class Pipeline:
         self._confirm = False  # an appearance change waits for confirmation: detect the next frame
         self._last: list[tuple[Face, tuple[float, float]]] = []  # last faces and their per-frame motion
         self.classified_last = 0  # faces sent to the classifier in the last frame (for the benchmark)
+        self.detected_last = False  # the detector ran on the last frame (else its faces were tracked)
 
     @classmethod
     def from_settings(
@@ -175,6 +176,7 @@ class Pipeline:
         frame_bgr = as_bgr(frame_bgr)
         t0 = time.perf_counter()
         coast = self._should_coast(frame_bgr, may_detect)
+        self.detected_last = not coast
         faces = [] if coast else self.detector.detect(frame_bgr)
         t1 = time.perf_counter()
         if coast:
