@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from smtp_sink import free_port
 from web_helpers import ARTIFACTS, PASSWORD, login, shared_yunet
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,12 +38,6 @@ BROWSER_ARGS = [
 ]
 NAMES = [f"c{i}" for i in range(16)]
 SIZE = (160, 120)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clip(path: Path, index: int, frames: int = 10, fps: int = 2) -> Path:
@@ -65,7 +59,7 @@ def server(tmp_path_factory) -> Iterator[str]:
     """`maskwatch serve` with 16 file cameras and an administrator; yields the base URL."""
     tmp = tmp_path_factory.mktemp("serve-live")
     cameras = [{"name": n, "source": str(_clip(tmp / f"{n}.avi", i))} for i, n in enumerate(NAMES)]
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",

@@ -18,10 +18,8 @@ from maskwatch.config import apply_overrides
 from maskwatch.monitor import Monitor
 from maskwatch.store import Store
 from maskwatch.web import create_app
-from smtp_sink import SmtpSink
-from web_helpers import PASSWORD, face_tiles, jpeg, login, scene, shared_yunet, web_settings
-
-FAST_ALERTS = {"min_frames": 3, "min_seconds": 0.0, "min_confidence": 0.6}
+from smtp_sink import SmtpSink, free_port
+from web_helpers import FAST_ALERTS, PASSWORD, face_tiles, jpeg, login, scene, shared_yunet, web_settings
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +171,6 @@ def test_settings_saved_on_the_settings_page_apply_after_a_restart(tmp_path, til
 
 
 def test_camera_errors_never_show_credentials(tmp_path, caplog):
-    from smtp_sink import free_port
-
     url = f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/live"  # nothing listens there
     settings = settings_for(tmp_path, cameras=[{"name": "door", "source": url}])
     store = Store.from_settings(settings)

@@ -21,20 +21,13 @@ mqtt = pytest.importorskip("paho.mqtt.client", reason="needs paho-mqtt (the mqtt
 from maskwatch.integrations import mqtt as mw_mqtt  # noqa: E402
 from maskwatch.monitor import Monitor  # noqa: E402
 from maskwatch.store import Store  # noqa: E402
-from web_helpers import face_tiles, scene, shared_yunet, web_settings  # noqa: E402
+from smtp_sink import free_port  # noqa: E402
+from web_helpers import FAST_ALERTS, face_tiles, scene, shared_yunet, web_settings  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 )
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto (apt-get install mosquitto)")
-
-FAST_ALERTS = {"min_frames": 3, "min_seconds": 0.0, "min_confidence": 0.6}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,16 +17,10 @@ from maskwatch.integrations import webhooks as mw_webhooks
 from maskwatch.integrations.webhooks import WebhookWorker, signature
 from maskwatch.monitor import Monitor
 from maskwatch.store import Store
-from web_helpers import face_tiles, scene, shared_yunet, web_settings
+from smtp_sink import free_port
+from web_helpers import FAST_ALERTS, face_tiles, scene, shared_yunet, web_settings
 
 SECRET = "s3cret-for-tests"
-FAST_ALERTS = {"min_frames": 3, "min_seconds": 0.0, "min_confidence": 0.6}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -16,6 +16,7 @@ BUNDLED_MODELS = ROOT / "src" / "maskwatch" / "models"
 MASKED = "mask/facemask12k/test/with_mask/test_45.jpg"  # relative to ../shared/data
 UNMASKED = "mask/facemask12k/test/without_mask/test_1148.jpg"
 PASSWORD = "correct horse battery"
+FAST_ALERTS = {"min_frames": 3, "min_seconds": 0.0, "min_confidence": 0.6}  # alert settings for quick tests
 
 
 def bundled_models() -> bool:
