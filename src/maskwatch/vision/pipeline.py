@@ -250,18 +250,15 @@ class Pipeline:
 
     def _should_coast(self, frame_bgr: np.ndarray, may_detect: bool = True) -> bool:
         """Skip the detector on this frame (report the tracked faces moved by their velocity)?"""
-        if self.max_detect_interval <= 1 or self._detected_thumb is None:
-            if self.max_detect_interval > 1:
-                self._detected_thumb = motion_thumbnail(frame_bgr)
+        if self.max_detect_interval <= 1:
             return False
         since = self._since_detect + 1  # frames since the last detection, this one included
-        if self._confirm:  # a track's face looked like someone else's: look again now
-            self._confirm = False
-            self._detected_thumb = motion_thumbnail(frame_bgr)
-            return False
-        if not may_detect and since < 2 * self.max_detect_interval:
+        thumb = None
+        if self._detected_thumb is None or self._confirm:
+            coast = False  # the first frame; or a track's face looked like someone else's: look again now
+        elif not may_detect and since < 2 * self.max_detect_interval:
             return True
-        if since >= self.max_detect_interval:
+        elif since >= self.max_detect_interval:
             coast = False
         elif since < self.detect_interval:
             coast = bool(self._last) or self.detect_interval > self.detect_every
@@ -269,7 +266,8 @@ class Pipeline:
             thumb = motion_thumbnail(frame_bgr)
             coast = changed_fraction(thumb, self._detected_thumb) < MOTION_MIN
         if not coast:
-            self._detected_thumb = motion_thumbnail(frame_bgr)
+            self._confirm = False
+            self._detected_thumb = motion_thumbnail(frame_bgr) if thumb is None else thumb
         return coast
 
     def _check_appearance(self, frame_bgr: np.ndarray, face: Face, track: Track) -> None:
