@@ -33,3 +33,11 @@ def yunet_path() -> Path:
     if not p.is_file():
         pytest.skip(f"YuNet copy not present at {p}")
     return p
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A tiny colour-based stand-in attribute model (vision_helpers.make_tiny_model), one per module."""
+    from vision_helpers import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models"))

@@ -23,15 +23,9 @@ from maskwatch.config import Settings
 from maskwatch.store import SCHEMA_VERSION, TOKEN_ID_LEN, Store, TokenRow, utcnow
 from maskwatch.web.app import SESSION_COOKIE
 from maskwatch.web.auth import LoginLimiter
-from vision_helpers import make_tiny_model
 from web_helpers import PASSWORD, csrf_from, login, make_app
 
 BOB_PASSWORD = "bob's own password"
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models"))
 
 
 def _make(tmp_path, tiny_models, **extra):

@@ -9,13 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pytest
 from fastapi.testclient import TestClient
 
 from maskwatch.store import Store
 from maskwatch.types import Attribute, Face, FrameResult
 from maskwatch.web import create_app
-from vision_helpers import make_tiny_model
 from web_helpers import PASSWORD, face_tiles, jpeg, scene, shared_yunet, web_settings
 
 GENDER_KEYS = {"man", "woman", "gender", "gender_label", "gender_confidence", "gender_uncertain"}
@@ -78,11 +76,6 @@ NESTED = {  # component: properties it must have
     "LiveCounts": {"people", "masked", "unmasked", "incorrect", "uncertain", "man", "woman"},
     "AlertHealth": {"store_ok", "last_error", "pending", "dropped", "events_stored"},
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models"))
 
 
 def _client(tmp_path, tiny_models, *, gender: bool):

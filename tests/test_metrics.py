@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import cv2
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,13 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from maskwatch.alerts import MailWorker
 from maskwatch.store import MailDraft, Store
 from maskwatch.web import create_app
-from vision_helpers import make_tiny_model
-from web_helpers import PASSWORD, face_tiles, make_app, scene, shared_yunet, web_settings
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models"))
+from web_helpers import PASSWORD, face_tiles, make_app, scene, shared_yunet, web_settings, write_clip
 
 
 def parse(text: str) -> dict[str, list]:
@@ -39,10 +32,7 @@ def value(families: dict, family: str, sample: str | None = None, **labels) -> f
 def test_metrics_with_a_running_camera(tmp_path, tiny_models):
     image = scene(face_tiles())
     clip = tmp_path / "door.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, image.shape[1::-1])
-    for _ in range(20):
-        writer.write(image)
-    writer.release()
+    write_clip(clip, [image] * 20)
     settings = web_settings(
         tmp_path, model_dir=tiny_models, yunet=shared_yunet(), cameras=[{"name": "door", "source": str(clip)}]
     )

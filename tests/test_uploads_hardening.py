@@ -28,7 +28,6 @@ from maskwatch.config import SmtpSettings, WebSettings
 from maskwatch.types import Attribute
 from maskwatch.web import analysis
 from maskwatch.web.analysis import BadMedia, MediaTooLarge, RateLimiter, check_image_header, image_size
-from vision_helpers import make_tiny_model
 from web_helpers import PASSWORD, csrf_from, jpeg, login, make_app, shared_yunet
 
 HUGE = "99999999999999999999"  # over 2**63: SQLite cannot even bind it
@@ -126,11 +125,6 @@ def test_rate_limiter_window():
 
 
 # -- the app (TestClient) ------
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models"))
 
 
 def _make(tmp_path, tiny_models, *, users=True, **extra):

@@ -22,7 +22,6 @@ from maskwatch.store import MailDraft, Store
 from maskwatch.types import MASK_LABELS, Attribute, Face, FrameResult
 from maskwatch.web import create_app
 from maskwatch.web.auth import LoginLimiter, safe_next
-from vision_helpers import make_tiny_model
 from web_helpers import (
     PASSWORD,
     csrf_from,
@@ -33,6 +32,7 @@ from web_helpers import (
     scene,
     shared_yunet,
     web_settings,
+    write_clip,
 )
 
 
@@ -40,11 +40,6 @@ from web_helpers import (
 def tiles():
     """Two face photos (one masked, one not): ../shared's real ones, else a fallback (web_helpers)."""
     return face_tiles()
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models"))
 
 
 def _make(tmp_path, tiny_models, *, users=True, **extra):
@@ -489,10 +484,7 @@ def test_webcam_websocket_refuses_anonymous_and_cross_site(web):
 def test_camera_streams(tmp_path, tiny_models, tiles):
     image = scene(tiles)
     clip = tmp_path / "door.avi"  # a server-side video file as the camera
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, image.shape[1::-1])
-    for _ in range(20):
-        writer.write(image)
-    writer.release()
+    write_clip(clip, [image] * 20)
     settings = web_settings(
         tmp_path, model_dir=tiny_models, yunet=shared_yunet(), cameras=[{"name": "door", "source": str(clip)}]
     )

@@ -119,6 +119,15 @@ def scene(tiles: dict, *, faces: tuple[str, ...] = ("masked", "unmasked"), size=
     return canvas
 
 
+def write_clip(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    """An MJPG .avi of `frames` (BGR, all one size): a video file to configure as a server camera."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, frames[0].shape[1::-1])
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
 def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
     """A YUV4MPEG2 (I420) file: Chromium's fake webcam plays it in a loop."""
     h, w = frames[0].shape[:2]
