@@ -273,7 +273,7 @@ class Pipeline:
     def _check_appearance(self, frame_bgr: np.ndarray, face: Face, track: Track) -> None:
         """Renew `track` when its face stops looking like the one it followed (`APPEARANCE_STRIKES`
         detections in a row), else fold this face into the track's appearance signature."""
-        signature = appearance_signature(frame_bgr, face.box)
+        signature = self._signature(frame_bgr, face)
         if signature is None:
             return
         if track.appearance is not None and track.hits > 1:
@@ -287,6 +287,10 @@ class Pipeline:
                 track.appearance_strikes = 0
         a = track.appearance
         track.appearance = signature if a is None else (1 - APPEARANCE_EMA) * a + APPEARANCE_EMA * signature
+
+    def _signature(self, frame_bgr: np.ndarray, face: Face) -> np.ndarray | None:
+        """The face's appearance signature (`maskwatch.batch` replays recorded ones)."""
+        return appearance_signature(frame_bgr, face.box)
 
     def _coast(self, shape) -> list[Face]:
         """Frames between detections (`detect_every` > 1): the last faces moved by their track's velocity."""
