@@ -14,6 +14,7 @@ COMMAND_MODULES: list[tuple[str, tuple[str, ...]]] = [
     ("maskwatch.web.cli", ("serve",)),
     ("maskwatch.monitor.cli", ("monitor",)),
     ("maskwatch.train.cli", ("train", "prepare", "evaluate")),
+    ("maskwatch.batch.cli", ("batch",)),
 ]
 
 
