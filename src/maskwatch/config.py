@@ -15,6 +15,7 @@ import re
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -92,6 +93,7 @@ class CameraSettings(BaseModel):
     quiet_hours: str | None = None  # "22:00-06:00": no alerts from this camera in that window
     # (local time; several windows: "12:00-13:00, 22:00-06:00")
     max_fps: float | None = Field(None, gt=0, le=120)  # process at most this many frames a second
+    cpus: float | None = Field(None, gt=0, le=64)  # on a Ray cluster: CPUs it reserves (cluster.camera_cpus)
 
     @field_validator("quiet_hours")
     @classmethod
@@ -100,6 +102,17 @@ class CameraSettings(BaseModel):
             if part.strip() and not QUIET_HOURS_RE.fullmatch(part.strip()):
                 raise ValueError(f"quiet hours must look like '22:00-06:00', got {part.strip()!r}")
         return v or None
+
+
+class ClusterSettings(BaseModel):
+    """Cameras as Ray actors on a cluster (`serve --ray`, extra `cluster`; docs/cluster.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None  # a Ray address ("127.0.0.1:6379", "auto"); None: this machine, no Ray
+    camera_cpus: float = Field(1.0, gt=0, le=64)  # CPUs a camera's actor reserves (placement)
+    max_restarts: int = Field(-1, ge=-1)  # a camera's actor is restarted this often (-1: always)
+    namespace: str = "maskwatch"
 
 
 class MonitorSettings(BaseModel):
@@ -219,6 +232,37 @@ class PrivacySettings(BaseModel):
     retention_days: int = Field(30, ge=1)
 
 
+def machine_timezone() -> str:
+    """The IANA name of this machine's time zone ($TZ, else the /etc/localtime link), else "UTC"."""
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    localtime = Path("/etc/localtime")
+    if localtime.is_symlink():
+        candidates.append(str(localtime.resolve()).partition("zoneinfo/")[2])
+    for name in candidates:
+        try:
+            if name:
+                ZoneInfo(name)
+                return name
+        except (ValueError, ZoneInfoNotFoundError):
+            continue
+    return "UTC"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: str = Field(default_factory=machine_timezone)  # IANA name: every time the pages show
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ValueError, ZoneInfoNotFoundError) as exc:
+            raise ValueError(f"not an IANA time zone name: {v!r} (e.g. Europe/Berlin, UTC)") from exc
+        return v
+
+
 class WebSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error
 
@@ -292,12 +336,14 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     cameras: list[CameraSettings] = []
     monitor: MonitorSettings = MonitorSettings()
+    cluster: ClusterSettings = ClusterSettings()
     smtp: SmtpSettings = SmtpSettings()
     alerts: AlertSettings = AlertSettings()
     privacy: PrivacySettings = PrivacySettings()
     mqtt: MqttSettings = MqttSettings()
     webhooks: list[WebhookSettings] = []
     web: WebSettings = WebSettings()
+    server: ServerSettings = ServerSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -9,10 +9,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from maskwatch.store.base import StoreBase, StoreError
+from maskwatch.store.base import StoreBase, StoreError, _changed, utcnow
 from maskwatch.store.outbox import MailDraft, _queue
 from maskwatch.store.rows import EventRow
 from maskwatch.types import Attribute
@@ -34,6 +34,8 @@ class Event:
     gender_confidence: float | None
     snapshot: str | None
     mail_status: str
+    acknowledged_by: str | None = None  # the user who acknowledged it, and when (aware UTC)
+    acknowledged_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,8 @@ class Event:
             "gender_confidence": None if self.gender_confidence is None else round(self.gender_confidence, 4),
             "snapshot": self.snapshot,
             "mail_status": self.mail_status,
+            "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": self.acknowledged_at.isoformat() if self.acknowledged_at else None,
         }
 
 
@@ -62,6 +66,8 @@ def _event(row: EventRow) -> Event:
         gender_confidence=row.gender_confidence,
         snapshot=row.snapshot,
         mail_status=row.mail_status,
+        acknowledged_by=row.acknowledged_by,
+        acknowledged_at=row.acknowledged_at,
     )
 
 
@@ -184,6 +190,39 @@ class EventsSection(StoreBase):
             return None if row is None else _event(row)
 
         return self._run("reading an event", read)
+
+    def acknowledge_event(self, event_id: int, user: str, *, now: datetime | None = None) -> Event | None:
+        """Record that `user` acknowledged the event (the first acknowledgement stays); None: no event."""
+
+        def write(session: Session) -> Event | None:
+            row = session.get(EventRow, event_id)
+            if row is None:
+                return None
+            if row.acknowledged_at is None:
+                row.acknowledged_by, row.acknowledged_at = user, now or utcnow()
+            return _event(row)
+
+        return self._run("acknowledging an event", write)
+
+    def delete_event(self, event_id: int) -> bool:
+        """Delete one event and its snapshot file; False when there is no such event."""
+
+        def write(session: Session) -> tuple[int, str | None]:
+            snapshot = session.scalar(select(EventRow.snapshot).where(EventRow.id == event_id))
+            return _changed(session, delete(EventRow).where(EventRow.id == event_id)), snapshot
+
+        n, snapshot = self._run("deleting an event", write)
+        if n and snapshot:
+            (self.snapshots_dir / snapshot).unlink(missing_ok=True)
+        return n == 1
+
+    def events_after(self, event_id: int, *, limit: int = 20) -> list[Event]:
+        """Events with an id above `event_id`, oldest first (what the Live page has not seen yet)."""
+        q = select(EventRow).where(EventRow.id > event_id).order_by(EventRow.id).limit(limit)
+        return self._run("reading events", lambda s: [_event(r) for r in s.scalars(q)])
+
+    def last_event_id(self) -> int:
+        return int(self._run("reading events", lambda s: s.scalar(select(func.max(EventRow.id)))) or 0)
 
     def snapshot_file(self, event: Event) -> Path | None:
         """The snapshot file of an event, if it has one and it still exists."""

@@ -222,6 +222,20 @@ class OutboxSection(StoreBase):
             ),
         )
 
+    def resend_message(self, message_id: int, *, now: datetime | None = None) -> int | None:
+        """Queue a copy of a sent or failed message (same recipients, text and attachments) and return
+        its id; the original stays as it was. None when there is no such message."""
+        now = now or utcnow()
+
+        def write(session: Session) -> int | None:
+            row = session.get(OutboxRow, message_id)
+            if row is None:
+                return None
+            draft = MailDraft(row.subject, row.text, row.html, _message(row).to, list(row.attachments or []))
+            return _queue(session, draft, list(row.event_ids or []), now).id
+
+        return self._run("queueing an email", write)
+
     def count_mail_since(self, since: datetime) -> int:
         """Emails put in the outbox since `since` (for the hourly cap)."""
         return self._run(

@@ -64,6 +64,8 @@ class EventRow(Base):
     gender_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     snapshot: Mapped[str | None] = mapped_column(String(300), nullable=True)
     mail_status: Mapped[str] = mapped_column(String(20), default="none", index=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100), nullable=True)  # a user name
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class OutboxRow(Base):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import select
@@ -51,8 +51,10 @@ class StatsSection(StoreBase):
         until: datetime | None = None,
         camera: str | None = None,
         bucket: str = "hour",
+        zone: tzinfo = UTC,
     ) -> dict:
-        """Totals per time bucket ("minute", "hour" or "day", UTC), per camera and overall. People are
+        """Totals per time bucket ("minute", "hour" or "day", starting on the hours and days of `zone`;
+        `t` is the bucket's start in UTC), per camera and overall. People are
         summed over minutes (a person present for 3 minutes counts 3 times at minute resolution)."""
         if bucket not in ("minute", "hour", "day"):
             raise ValueError(f"bucket must be minute, hour or day, got {bucket!r}")
@@ -72,11 +74,12 @@ class StatsSection(StoreBase):
         per_camera: dict[str, Counter] = {}
         totals: Counter = Counter()
         for r in rows:
-            t = r.minute
+            t = r.minute.astimezone(zone)
             if bucket in ("hour", "day"):
                 t = t.replace(minute=0)
             if bucket == "day":
                 t = t.replace(hour=0)
+            t = t.astimezone(UTC)
             values = {k: getattr(r, k) for k in COUNT_KEYS}
             buckets.setdefault(t, Counter()).update(values)
             per_camera.setdefault(r.camera, Counter()).update(values)

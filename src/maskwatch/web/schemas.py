@@ -144,6 +144,8 @@ class Event(ApiModel):
     gender_confidence: float | None = gender_field("confidence of gender_label")
     snapshot_url: str | None = Field(description="/events/{id}/snapshot.jpg (session or bearer token)")
     mail_status: str
+    acknowledged_by: str | None = Field(None, description="the user who acknowledged the event")
+    acknowledged_at: str | None = Field(None, description="when, ISO 8601 UTC")
 
 
 class Events(ApiModel):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 
 from maskwatch import __version__
 from maskwatch.web.auth import csrf_token, session_user
@@ -27,18 +29,36 @@ def _page_context(request: Request) -> dict[str, Any]:
         "gender_note": GENDER_NOTE,
         "version": __version__,
         "path": request.url.path,
+        "timezone": runtime.settings.server.timezone,
     }
 
 
-def _fmt_time(value: Any) -> str:
+def site_zone(request: Request) -> ZoneInfo:
+    """The site's time zone (`server.timezone`): every time a page shows is in it."""
+    return ZoneInfo(request.app.state.runtime.settings.server.timezone)
+
+
+def format_time(value: Any, zone: ZoneInfo) -> str:
+    """An aware time (or ISO text) in `zone`, with the zone's abbreviation; naive times are UTC.
+
+    >>> format_time("2026-07-01T12:00:00+00:00", ZoneInfo("Europe/Berlin"))
+    '2026-07-01 14:00:00 CEST'
+    """
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
             return value
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if value.utcoffset() is not None else "")
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=ZoneInfo("UTC"))
+        return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
     return "" if value is None else str(value)
+
+
+@pass_context
+def _fmt_time(context, value: Any) -> str:
+    return format_time(value, ZoneInfo(context["timezone"]))
 
 
 def _pct(value: Any) -> str:

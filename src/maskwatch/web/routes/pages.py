@@ -7,7 +7,10 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
+import anyio
 import cv2
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -15,6 +18,8 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from pydantic import ValidationError
 
 from maskwatch.alerts.export import csv_chunks
+from maskwatch.alerts.mail import MailError, send_test_email
+from maskwatch.config import check_email_address
 from maskwatch.store import TOKEN_ID_RE
 from maskwatch.web import forms
 from maskwatch.web.analysis import BadMedia, ModelsUnavailable, analyze_upload, encode_jpeg
@@ -40,7 +45,7 @@ from maskwatch.web.deps import (
     utc,
 )
 from maskwatch.web.runtime import Runtime
-from maskwatch.web.templating import templates
+from maskwatch.web.templating import site_zone, templates
 
 router = APIRouter(include_in_schema=False)
 
@@ -222,8 +227,15 @@ def upload_json(rid: str, rt: RuntimeDep, user: PageUser):
 # -- events -------------------------------------------------------------------------------------
 
 
-def _event_filters(camera: str | None, since: datetime | None, until: datetime | None, label: str | None):
-    return {"camera": camera or None, "since": utc(since), "until": utc(until), "label": label or None}
+def _event_filters(
+    zone: ZoneInfo, camera: str | None, since: datetime | None, until: datetime | None, label: str | None
+):
+    """Store filters; times typed without an offset (<input type=datetime-local>) are the site's."""
+
+    def local(t: datetime | None) -> datetime | None:
+        return utc(t.replace(tzinfo=zone) if t is not None and t.tzinfo is None else t)
+
+    return {"camera": camera or None, "since": local(since), "until": local(until), "label": label or None}
 
 
 def _parse_dt(value: str | None) -> datetime | None:
@@ -246,7 +258,7 @@ def events_page(
     label: str | None = None,
     page: int = Query(1, ge=1, le=100000),
 ):
-    filters = _event_filters(camera, _parse_dt(since), _parse_dt(until), label)
+    filters = _event_filters(site_zone(request), camera, _parse_dt(since), _parse_dt(until), label)
     events, total = rt.store.list_events(**filters, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     pages = max(1, -(-total // PAGE_SIZE))
     query = {k: v for k, v in {"camera": camera, "since": since, "until": until, "label": label}.items() if v}
@@ -265,6 +277,7 @@ def events_page(
 
 @router.get("/events.csv")
 def events_csv(
+    request: Request,
     rt: RuntimeDep,
     user: PageUser,
     camera: str | None = None,
@@ -272,7 +285,7 @@ def events_csv(
     until: str | None = None,
     label: str | None = None,
 ):
-    filters = _event_filters(camera, _parse_dt(since), _parse_dt(until), label)
+    filters = _event_filters(site_zone(request), camera, _parse_dt(since), _parse_dt(until), label)
     chunks = csv_chunks(rt.store, gender=rt.gender_enabled, **filters)
     return StreamingResponse(
         chunks,
@@ -292,6 +305,21 @@ def _event_or_404(rt: Runtime, event_id: int):
 def event_page(request: Request, event_id: DbId, rt: RuntimeDep, user: PageUser):
     event = _event_or_404(rt, event_id)
     return render(request, "event.html", event=event, has_snapshot=rt.store.snapshot_file(event) is not None)
+
+
+@router.post("/events/{event_id}/ack")
+def acknowledge_event(request: Request, event_id: DbId, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    if rt.store.acknowledge_event(event_id, user) is None:
+        raise HTTPException(404, f"no event {event_id}")
+    return see_other(safe_next(str(form.get("next") or f"/events/{event_id}")))
+
+
+@router.post("/events/{event_id}/delete")
+def delete_event(request: Request, event_id: DbId, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    if not rt.store.delete_event(event_id):
+        raise HTTPException(404, f"no event {event_id}")
+    log.warning("user %s deleted event %d", user, event_id)
+    return see_other(safe_next(str(form.get("next") or "/events")))
 
 
 @router.get("/events/{event_id}/snapshot.jpg")
@@ -324,11 +352,13 @@ def event_thumb(event_id: DbId, rt: RuntimeDep, user: PageUser):
 # -- statistics ---------------------------------------------------------------------------------
 
 
-def _stats_charts(data: dict, start: datetime, end: datetime, bucket: str, gender: bool) -> dict[str, Any]:
-    axis = time_axis(data.get("buckets", []), start, end, bucket)
+def _stats_charts(
+    data: dict, start: datetime, end: datetime, bucket: str, gender: bool, zone: ZoneInfo
+) -> dict[str, Any]:
+    axis = time_axis(data.get("buckets", []), start.astimezone(zone), end.astimezone(zone), bucket)
     per_camera = data.get("per_camera", {})
     fmt = {"minute": "%H:%M", "hour": "%d %H:00", "day": "%m-%d"}[bucket]
-    labels = [t.strftime(fmt) for t, _ in axis]
+    labels = [t.astimezone(zone).strftime(fmt) for t, _ in axis]
     rows = [b or {} for _, b in axis]
     charts = {
         "compliance_chart": line_chart(
@@ -367,7 +397,8 @@ def stats_page(
         range = "24h"
     length, bucket = RANGES[range]
     now = datetime.now(UTC)
-    data = rt.store.stats(since=now - length, until=None, camera=camera or None, bucket=bucket)
+    zone = site_zone(request)
+    data = rt.store.stats(since=now - length, until=None, camera=camera or None, bucket=bucket, zone=zone)
     gender = rt.gender_enabled
     return render(
         request,
@@ -378,7 +409,7 @@ def stats_page(
         cameras=sorted(set(rt.store.cameras()) | {c.name for c in rt.settings.cameras}),
         totals=data.get("totals", {}),
         per_camera=data.get("per_camera", {}),
-        **_stats_charts(data, now - length, now, bucket, gender),
+        **_stats_charts(data, now - length, now, bucket, gender, zone),
     )
 
 
@@ -405,8 +436,49 @@ def outbox_page(
         pages=max(1, -(-total // PAGE_SIZE)),
         status=status or "",
         smtp_configured=bool(rt.settings.smtp.host),
+        recipients=", ".join(rt.settings.smtp.recipients),
+        notice=request.query_params.get("notice", "")[:300],
+        error=request.query_params.get("error", "")[:500],
         webhook_deliveries=rt.store.list_webhook_deliveries(limit=20)[0],  # never the secrets
     )
+
+
+def _outbox_back(rt: Runtime, notice: str) -> RedirectResponse:
+    if rt.monitor.mailer is not None:
+        rt.monitor.mailer.wake()
+    return see_other(f"/outbox?{urlencode({'notice': notice})}")
+
+
+@router.post("/outbox/{message_id}/retry")
+def retry_message(request: Request, message_id: DbId, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    if not rt.store.retry_message(message_id):
+        raise HTTPException(404, f"no failed message {message_id}")
+    return _outbox_back(rt, f"Message {message_id} is queued again.")
+
+
+@router.post("/outbox/{message_id}/resend")
+def resend_message(request: Request, message_id: DbId, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    new_id = rt.store.resend_message(message_id)
+    if new_id is None:
+        raise HTTPException(404, f"no message {message_id}")
+    return _outbox_back(rt, f"A copy of message {message_id} is queued (message {new_id}).")
+
+
+@router.post("/outbox/test")
+async def test_email(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    """Send one test email now with the saved SMTP settings (not through the outbox), as
+    `maskwatch alerts test-email` does."""
+    to = str(form.get("to") or "").strip() or None
+    settings = rt.settings
+    try:
+        if to:
+            check_email_address(to)
+        await anyio.to_thread.run_sync(send_test_email, settings, to)
+    except (MailError, ValueError) as exc:
+        return see_other(f"/outbox?{urlencode({'error': f'Test email not sent: {exc}'})}")
+    sent_to = to or ", ".join(settings.smtp.recipients)
+    notice = f"Test email sent to {sent_to} via {settings.smtp.host}."
+    return see_other(f"/outbox?{urlencode({'notice': notice})}")
 
 
 @router.get("/outbox/{message_id}")

@@ -10,6 +10,8 @@
     { mask: "--ok", no_mask: "--bad", incorrect: "--incorrect", uncertain: "--unsure" },
   ).map(([label, name]) => [label, css.getPropertyValue(name).trim()]));
   const MASK_TEXT = { mask: "mask", no_mask: "no mask", incorrect: "incorrect mask", uncertain: "uncertain" };
+  const TIME_ZONE = document.body.dataset.timezone || undefined; // the site's (server.timezone)
+  const clock = (d) => d.toLocaleTimeString([], { timeZone: TIME_ZONE, timeZoneName: "short" });
   const MAX_SIDE = 640; // frames are sent at most 640 px wide (640x480 for a VGA webcam)
 
   // ---------------------------------------------------------------- webcam
@@ -85,6 +87,20 @@
     startBtn.disabled = false;
     stopBtn.disabled = true;
     setStatus("stopped");
+    clearView();
+  }
+
+  function clearView() { // no boxes over a stopped video, counters back to zero
+    lastResult = null;
+    rtts.length = 0;
+    doneTimes.length = 0;
+    overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
+    for (const el of document.querySelectorAll("#webcam-counters [data-counter]")) {
+      el.textContent = ["fps", "latency"].includes(el.dataset.counter) ? "–" : "0";
+    }
+    $("webcam-faces").querySelector("tbody").replaceChildren();
+    resultEl.dataset.count = "0";
+    resultEl.dataset.labels = "";
   }
 
   function sendFrame() {
@@ -196,7 +212,7 @@
     const li = document.createElement("li");
     li.className = "webcam-event";
     const what = e.mask_label === "incorrect" ? "mask worn incorrectly" : "no mask";
-    const text = `${new Date().toLocaleTimeString()}: ${what} (track #${e.track_id ?? "?"}, ${Math.round(e.mask_confidence * 100)}%)`;
+    const text = `${clock(new Date())}: ${what} (track #${e.track_id ?? "?"}, ${Math.round(e.mask_confidence * 100)}%)`;
     const a = document.createElement("a");
     // the event is stored a moment after it is reported, so its id may not be known yet
     a.href = e.id != null ? `/events/${e.id}` : `/events?camera=${encodeURIComponent(e.camera)}`;
