@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from maskwatch.config import load_settings, private_data_dir
+from maskwatch.config import apply_overrides, load_settings, private_data_dir
 
 
 @click.command()
@@ -22,7 +22,14 @@ from maskwatch.config import load_settings, private_data_dir
 @click.option(
     "--status-every", type=float, default=60.0, show_default=True, help="Print camera health every S s."
 )
-def monitor(config_file: str | None, status_every: float) -> None:
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Run the cameras as actors on this Ray cluster (cluster.address; extra 'cluster').",
+)
+def monitor(config_file: str | None, status_every: float, ray_address: str | None) -> None:
     """Watch the configured cameras headless: alerts, statistics and emails as `serve` does, no web.
 
     Settings saved from the web app's settings page (same database) apply here too. Stop with Ctrl-C or
@@ -34,6 +41,8 @@ def monitor(config_file: str | None, status_every: float) -> None:
         file_settings = load_settings(config_file)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"bad configuration: {exc}") from exc
+    if ray_address:
+        file_settings = apply_overrides(file_settings, {"cluster": {"address": ray_address}})
     try:
         private_data_dir(file_settings.data_dir)
         store = Store.from_settings(file_settings)
@@ -43,7 +52,12 @@ def monitor(config_file: str | None, status_every: float) -> None:
     if not settings.cameras:
         store.close()
         raise click.ClickException("no cameras configured (add [[cameras]] to the config file)")
-    mon = Monitor(settings, store, models=Models(settings, threads=1))
+    monitor_class = Monitor
+    if settings.cluster.address:  # cameras as Ray actors (extra `cluster`; imported only then)
+        from maskwatch.cluster import ClusterMonitor
+
+        monitor_class = ClusterMonitor
+    mon = monitor_class(settings, store, models=Models(settings, threads=1))
     error = mon.models.warm()
     if error:
         store.close()

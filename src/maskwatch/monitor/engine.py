@@ -36,7 +36,7 @@ from maskwatch.config import CameraSettings, Settings, apply_overrides
 from maskwatch.monitor.models import Models
 from maskwatch.monitor.reader import FrameReader, Opener
 from maskwatch.monitor.session import StreamSession
-from maskwatch.monitor.stream import CameraStream, FrameObserver
+from maskwatch.monitor.stream import Camera, CameraStream, FrameObserver
 from maskwatch.sources import redact_source
 from maskwatch.store import Event, Store
 from maskwatch.types import FrameResult
@@ -91,7 +91,7 @@ class Monitor:
         self._opener = opener
         self._observe_lock = threading.Lock()
         self._cond = threading.Condition()
-        self._streams: dict[str, CameraStream] = {}
+        self._streams: dict[str, Camera] = {}
         self._configs: dict[str, CameraSettings] = {}
         self._workers: list[threading.Thread] = []
         self._running = False
@@ -170,7 +170,7 @@ class Monitor:
             log.error("webhooks: %s", exc)
 
     # -- alerts (every stream, cameras and webcams)
-    def observe(self, key: str, result: FrameResult, image: np.ndarray) -> list[Event]:
+    def observe(self, key: str, result: FrameResult, image: np.ndarray | None) -> list[Event]:
         """Hand a frame's result to the alert engine; never raises. Calls are serialised (it is fast)."""
         try:
             with self._observe_lock:
@@ -190,7 +190,7 @@ class Monitor:
         )
 
     # -- cameras
-    def _make_stream(self, cam: CameraSettings) -> CameraStream:
+    def _make_stream(self, cam: CameraSettings) -> Camera:
         def wake() -> None:
             with self._cond:
                 self._cond.notify()
@@ -227,21 +227,21 @@ class Monitor:
             for name in list(self._streams):
                 if restart_all or name not in wanted or wanted[name] != self._streams[name].cam:
                     stream = self._streams.pop(name)
-                    stream.reader.stop()
+                    stream.stop()
                     stopped.append(stream)
             for name, cam in wanted.items():
                 if cam.enabled and name not in self._streams:
                     stream = self._make_stream(cam)
                     self._streams[name] = stream
-                    stream.reader.start()
+                    stream.start()
         for s in stopped:
-            s.reader.join(timeout=3)
+            s.join(timeout=3)
 
-    def get(self, name: str) -> CameraStream | None:
+    def get(self, name: str) -> Camera | None:
         with self._cond:
             return self._streams.get(name)
 
-    def streams(self) -> list[CameraStream]:
+    def streams(self) -> list[Camera]:
         with self._cond:
             return list(self._streams.values())
 
@@ -272,10 +272,14 @@ class Monitor:
         return out
 
     # -- the worker pool
+    def _local_streams(self) -> list[CameraStream]:
+        """The cameras this process runs (called with the condition held)."""
+        return [s for s in self._streams.values() if isinstance(s, CameraStream)]
+
     def _next_stream(self) -> CameraStream | None:
         """The due stream served longest ago (called with the condition held)."""
         now = time.perf_counter()
-        due = [s for s in self._streams.values() if s.due(now)]
+        due = [s for s in self._local_streams() if s.due(now)]
         return min(due, key=lambda s: s.last_served) if due else None
 
     def _work(self) -> None:
@@ -318,8 +322,9 @@ class Monitor:
             if window < CONTROL_EVERY_S:
                 return
             busy = self._busy_s / (window * max(1, len(self._workers)))
-            read = sum(s.reader.frames_read for s in self._streams.values())
-            dropped = sum(s.reader.dropped_waiting for s in self._streams.values())
+            local = self._local_streams()
+            read = sum(s.reader.frames_read for s in local)
+            dropped = sum(s.reader.dropped_waiting for s in local)
             new_read, new_drops = read - self._read_at_control, dropped - self._dropped_at_control
             self._busy_s, self._last_control = 0.0, now
             self._read_at_control, self._dropped_at_control = read, dropped
@@ -340,20 +345,25 @@ class Monitor:
                     new_read,
                 )
                 self.detect_interval = interval
-            for stream in self._streams.values():
+            for stream in local:
                 stream.session.detect_interval = interval
 
     # -- lifecycle
     def start(self) -> None:
         """Start the mail worker, the readers and the worker pool (the models load in the background)."""
+        self._start_services()
+        self._start_workers()
+        self.reconcile(self.settings.cameras)
+
+    def _start_services(self) -> None:
+        """What every monitor runs besides its cameras: mail, MQTT, webhooks, the models' warm-up."""
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "threads;1")  # decoding: one core per stream
-        if self.mailer is not None:
-            self.mailer.start()
-        if self.mqtt is not None:
-            self.mqtt.start()
-        if self.webhooks is not None:
-            self.webhooks.start()
+        for part in (self.mailer, self.mqtt, self.webhooks):
+            if part is not None:
+                part.start()
         threading.Thread(target=self.models.warm, name="warm-models", daemon=True).start()
+
+    def _start_workers(self) -> None:
         with self._cond:
             self._running = True
             self._last_control = time.perf_counter()
@@ -366,7 +376,6 @@ class Monitor:
             ]
         for w in self._workers:
             w.start()
-        self.reconcile(self.settings.cameras)
 
     def stop(self) -> None:
         """Stop the streams and workers, store what the alert engine still holds, stop the mail worker."""
@@ -376,11 +385,11 @@ class Monitor:
             self._streams.clear()
             self._cond.notify_all()
         for s in streams:
-            s.reader.stop()
+            s.stop()
         for w in self._workers:
             w.join(timeout=5)
         for s in streams:
-            s.reader.join(timeout=3)
+            s.join(timeout=3)
         # alerts first: their last events go out too
         for part in (self.alerts, self.mailer, self.mqtt, self.webhooks):
             if part is None:

@@ -14,7 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -70,6 +70,57 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
+class Camera(Protocol):
+    """What the monitor's reconcile and the web app use of a camera: a `CameraStream` here, a
+    `cluster.head.RemoteCamera` when the camera runs on a Ray cluster."""
+
+    cam: CameraSettings
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def stopped(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def subscribe(self) -> asyncio.Event: ...
+    def unsubscribe(self, event: asyncio.Event) -> None: ...
+    def latest(self) -> tuple[int, bytes | None]: ...
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class Subscribers:
+    """The viewers waiting for a camera's next frame: asyncio events of any running loop, set from the
+    thread that publishes the frame."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._events)
+
+    def subscribe(self) -> asyncio.Event:
+        """An event (of the running loop) set whenever a new frame is published; `unsubscribe` it."""
+        event = asyncio.Event()
+        with self._lock:
+            self._events.add((asyncio.get_running_loop(), event))
+        return event
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        with self._lock:
+            self._events = {s for s in self._events if s[1] is not event}
+
+    def notify(self) -> None:
+        with self._lock:
+            events = list(self._events)
+        for loop, event in events:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop is closed
+                self.unsubscribe(event)
+
+
 @dataclass(frozen=True)
 class FrameDone:
     """One finished camera frame, for a `FrameObserver` (the web app's /metrics, the bench)."""
@@ -111,7 +162,7 @@ class CameraStream:
         self.next_due = 0.0  # perf_counter time before which its fps cap keeps it waiting
         self.last_served = 0.0
         self._lock = threading.Lock()
-        self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._subscribers = Subscribers()
         self.seq = 0
         self.frames = 0
         self._done: deque[float] = deque(maxlen=FPS_WINDOW_FRAMES)  # when the last frames were finished
@@ -161,7 +212,7 @@ class CameraStream:
             self._latency.append(latency)
             self._work_ms = (done - t0) * 1000
             self.error = None
-        self._notify()
+        self._subscribers.notify()
         if self._observer is not None:
             pipe = self.session.pipeline
             self._observe(
@@ -177,24 +228,20 @@ class CameraStream:
 
     # -- the viewer side
     def subscribe(self) -> asyncio.Event:
-        """An event (of the running loop) set whenever a new frame is published; `unsubscribe` it."""
-        event = asyncio.Event()
-        with self._lock:
-            self._subscribers.add((asyncio.get_running_loop(), event))
-        return event
+        return self._subscribers.subscribe()
 
     def unsubscribe(self, event: asyncio.Event) -> None:
-        with self._lock:
-            self._subscribers = {s for s in self._subscribers if s[1] is not event}
+        self._subscribers.unsubscribe(event)
 
-    def _notify(self) -> None:
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for loop, event in subscribers:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # that loop is closed
-                self.unsubscribe(event)
+    # -- the reader's lifecycle (the monitor's reconcile / stop)
+    def start(self) -> None:
+        self.reader.start()
+
+    def stop(self) -> None:
+        self.reader.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.reader.join(timeout=timeout)
 
     @property
     def stopped(self) -> bool:

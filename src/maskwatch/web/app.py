@@ -148,7 +148,12 @@ def create_app(
     if store is None:
         store = Store.from_settings(file_settings)
     effective = effective_settings(file_settings, store)
-    monitor = Monitor(
+    monitor_class = Monitor
+    if effective.cluster.address:  # cameras as Ray actors (extra `cluster`; imported only then)
+        from maskwatch.cluster import ClusterMonitor
+
+        monitor_class = ClusterMonitor
+    monitor = monitor_class(
         effective,
         store,
         models=analyzer or Analyzer(effective, threads=1),

@@ -31,7 +31,14 @@ def _url(host: str, port: int, tls: bool) -> str:
     help="TLS certificate: browsers allow webcams only on https or localhost.",
 )
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None)
-def serve(host, port, config_file, ssl_certfile, ssl_keyfile) -> None:
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Run the cameras as actors on this Ray cluster (cluster.address; extra 'cluster').",
+)
+def serve(host, port, config_file, ssl_certfile, ssl_keyfile, ray_address) -> None:
     """Serve the web app (live view, uploads, events, statistics, settings, REST API)."""
     import uvicorn
 
@@ -41,6 +48,8 @@ def serve(host, port, config_file, ssl_certfile, ssl_keyfile) -> None:
         settings = load_settings(config_file)
     except (FileNotFoundError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         raise click.ClickException(f"bad configuration: {exc}") from exc
+    if ray_address:
+        settings = apply_overrides(settings, {"cluster": {"address": ray_address}})
     host = host or settings.web.host
     port = port or settings.web.port
     url = _url(host, port, bool(ssl_certfile))

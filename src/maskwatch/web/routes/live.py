@@ -34,13 +34,13 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response, StreamingResponse
 
-from maskwatch.monitor.stream import CameraStream, placeholder_jpeg
+from maskwatch.monitor.stream import Camera, placeholder_jpeg
 from maskwatch.store import Event
 from maskwatch.web.analysis import MAX_STREAM_SIDE, BadMedia, ModelsUnavailable, counts, decode_image
 from maskwatch.web.auth import SESSION_RECHECK_S, same_origin, session_still_valid, session_user
@@ -132,20 +132,9 @@ def _event_brief(event: Event, gender: bool) -> dict:
     return d
 
 
-class LiveCamera(Protocol):
-    """What /ws/live uses of a camera (`rt.cameras.get(name)`)."""
-
-    @property
-    def stopped(self) -> bool: ...
-    def subscribe(self) -> asyncio.Event: ...
-    def unsubscribe(self, event: asyncio.Event) -> None: ...
-    def latest(self) -> tuple[int, bytes | None]: ...
-    def snapshot(self) -> dict[str, Any]: ...
-
-
 @dataclass
 class _Tile:
-    camera: LiveCamera
+    camera: Camera  # rt.cameras.get(name)
     new_frame: asyncio.Event  # the camera's subscription
     forward: asyncio.Task[None]  # turns it into the connection's wake-up
     seq: int = -1  # of the last frame sent
@@ -269,7 +258,7 @@ async def live(ws: WebSocket) -> None:
     await _LiveFeed(ws, rt, user).run()
 
 
-def _worker_or_404(rt: Runtime, name: str) -> CameraStream:
+def _worker_or_404(rt: Runtime, name: str) -> Camera:
     worker = rt.cameras.get(name)
     if worker is None:
         raise HTTPException(404, f"no running camera named {name!r}")
