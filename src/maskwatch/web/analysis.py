@@ -47,6 +47,7 @@ __all__ = [
     "Analyzer",
     "BadMedia",
     "Busy",
+    "Cancelled",
     "MediaTooLarge",
     "ModelsUnavailable",
     "RateLimiter",
@@ -82,6 +83,12 @@ class MediaTooLarge(BadMedia):
     """An image or video whose pixel size is over the limits (HTTP 413)."""
 
     status_code = 413
+
+
+class Cancelled(BadMedia):
+    """The user cancelled the analysis of an upload (UploadJobs.cancel)."""
+
+    status_code = 409
 
 
 class Busy(RuntimeError):
@@ -288,9 +295,17 @@ class Analyzer(Models):
         return pipeline.process(image, source=source, frame_index=0, timestamp=time.time())
 
     def analyze_video(
-        self, data: bytes, suffix: str, *, gender: bool, max_frames: int = 300, max_seconds: float = 60.0
+        self,
+        data: bytes,
+        suffix: str,
+        *,
+        gender: bool,
+        max_frames: int = 300,
+        max_seconds: float = 60.0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> VideoAnalysis:
-        """Annotate a short video: WebM (VP8) output, per-frame results, a per-track summary."""
+        """Annotate a short video: WebM (VP8) output, per-frame results, a per-track summary.
+        `progress(done, expected)` is called after each analysed frame (it may raise to stop)."""
         pipeline = self.pipeline()
         with tempfile.TemporaryDirectory(prefix="maskwatch-upload-") as tmp:
             src = Path(tmp) / f"input{suffix}"  # server-chosen name; nothing from the client
@@ -310,6 +325,7 @@ class Analyzer(Models):
                 video.close()
                 raise BadMedia(f"the video is longer than {max_seconds:.0f} s; upload a shorter clip")
             stride = max(1, -(-total // max_frames)) if total else 1
+            expected = min(max_frames, -(-total // stride)) if total else 0
             out_path = Path(tmp) / "annotated.webm"
             writer = None
             results: list[FrameResult] = []
@@ -332,6 +348,8 @@ class Analyzer(Models):
                             str(out_path), cv2.VideoWriter.fourcc(*"VP80"), fps / stride, (w, h)
                         )
                     writer.write(drawn)
+                    if progress is not None:
+                        progress(len(results), expected)
             finally:
                 video.close()
                 if writer is not None:
@@ -399,6 +417,38 @@ class UploadResults:
         return item if item is not None and item.user == user else None
 
 
+@dataclass
+class UploadJob:
+    done: int = 0  # frames analysed
+    total: int = 0  # frames to analyse (0: not known yet)
+    cancelled: bool = False
+
+    def progress(self, done: int, total: int) -> None:
+        if self.cancelled:
+            raise Cancelled("the analysis was cancelled")
+        self.done, self.total = done, total
+
+
+class UploadJobs:
+    """Uploads being analysed, by (user, the page's job id): progress for the page, and cancel."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str, str], UploadJob] = {}
+        self._lock = threading.Lock()
+
+    def start(self, user: str, job_id: str) -> UploadJob:
+        with self._lock:
+            return self._jobs.setdefault((user, job_id), UploadJob())
+
+    def get(self, user: str, job_id: str) -> UploadJob | None:
+        with self._lock:
+            return self._jobs.get((user, job_id))
+
+    def finish(self, user: str, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop((user, job_id), None)
+
+
 def face_row(face: Face, gender: bool) -> dict[str, Any]:
     """One row of the upload page's face table."""
     row = {
@@ -414,7 +464,15 @@ def face_row(face: Face, gender: bool) -> dict[str, Any]:
 
 
 def analyze_upload(
-    analyzer: Analyzer, data: bytes, kind: str, suffix: str, *, filename: str, user: str, gender: bool
+    analyzer: Analyzer,
+    data: bytes,
+    kind: str,
+    suffix: str,
+    *,
+    filename: str,
+    user: str,
+    gender: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[UploadResult, list[dict[str, Any]], dict[str, int]]:
     """Analyse an uploaded photo or video (run it in a worker thread): (result, table rows, summary)."""
     rid = secrets.token_urlsafe(16)
@@ -425,7 +483,7 @@ def analyze_upload(
         payload = {"file": filename, "kind": "image", **result.to_dict(gender=gender)}
         item = UploadResult(rid, user, "image", filename, encode_jpeg(drawn, 90), "image/jpeg", payload)
         return item, [face_row(f, gender) for f in result.faces], counts(result, gender=gender)
-    video = analyzer.analyze_video(data, suffix, gender=gender)
+    video = analyzer.analyze_video(data, suffix, gender=gender, progress=progress)
     payload = {
         "file": filename,
         "kind": "video",

@@ -66,6 +66,7 @@ FIELDS: list[tuple[str, str, str, str, str]] = [
     ("privacy", "gender_enabled", "bool", "Show apparent gender", "off: gender is hidden everywhere"),
     ("privacy", "blur_snapshots", "bool", "Blur faces in stored snapshots", ""),
     ("privacy", "retention_days", "int", "Keep events for N days", ""),
+    ("server", "timezone", "str", "Time zone", "IANA name, e.g. Europe/Berlin: every time shown is in it"),
 ]
 
 SECTIONS = {
@@ -74,6 +75,7 @@ SECTIONS = {
     "alerts": "Alert rules",
     "smtp": "Email (SMTP)",
     "privacy": "Privacy and retention",
+    "server": "Site",
 }
 
 

@@ -24,7 +24,7 @@ from maskwatch.config import Settings, apply_overrides
 from maskwatch.monitor import Monitor, StreamSession
 from maskwatch.store import Event, Store
 from maskwatch.types import FrameResult
-from maskwatch.web.analysis import Analyzer, RateLimiter, UploadResults
+from maskwatch.web.analysis import Analyzer, RateLimiter, UploadJobs, UploadResults
 from maskwatch.web.auth import LoginLimiter
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Runtime:
         self.analyzer: Analyzer = monitor.models
         self.limiter = LoginLimiter()
         self.uploads = UploadResults()
+        self.upload_jobs = UploadJobs()  # videos being analysed: progress and cancel
         self.upload_limiter = RateLimiter(window_s=60.0)  # uploads per user per minute
         self.started_at = time.time()
         self._stop = threading.Event()

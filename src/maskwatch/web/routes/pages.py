@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -52,6 +53,7 @@ router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")  # an upload's progress id, chosen by the page
 MAX_TOKEN_DAYS = 3650  # the longest token lifetime the settings page offers
 RANGES = {  # statistics ranges: (length, bucket)
     "1h": (timedelta(hours=1), "minute"),
@@ -180,13 +182,24 @@ def upload_page(request: Request, rt: RuntimeDep, user: PageUser):
 async def upload(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfForm):
     max_mb = rt.settings.web.max_upload_mb
     gender = rt.gender_enabled
+    job_id = str(form.get("job") or "")
+    job = rt.upload_jobs.start(user, job_id) if JOB_ID_RE.fullmatch(job_id) else None
     try:
         limit_uploads(rt, user)
         data, kind, suffix = await read_upload(form.get("file"), max_mb << 20)
         name = getattr(form.get("file"), "filename", "") or "upload"
         item, rows, summary = await run_vision(
             rt,
-            lambda: analyze_upload(rt.analyzer, data, kind, suffix, filename=name, user=user, gender=gender),
+            lambda: analyze_upload(
+                rt.analyzer,
+                data,
+                kind,
+                suffix,
+                filename=name,
+                user=user,
+                gender=gender,
+                progress=job.progress if job else None,
+            ),
         )
     except HTTPException as exc:
         response = render(
@@ -200,8 +213,28 @@ async def upload(request: Request, rt: RuntimeDep, user: PageUser, form: CsrfFor
         return render(
             request, "upload.html", 503, result=None, error=f"Models unavailable: {exc}", max_mb=max_mb
         )
+    finally:
+        if job:
+            rt.upload_jobs.finish(user, job_id)
     rt.uploads.put(item)
     return render(request, "upload.html", result=item, rows=rows, summary=summary, error=None, max_mb=max_mb)
+
+
+@router.get("/upload/jobs/{job_id}")
+def upload_progress(job_id: str, rt: RuntimeDep, user: PageUser):
+    """How far the analysis of the page's upload `job_id` is: frames done of total (0: not known)."""
+    job = rt.upload_jobs.get(user, job_id)
+    if job is None:
+        return {"state": "none", "done": 0, "total": 0}
+    return {"state": "analysing", "done": job.done, "total": job.total}
+
+
+@router.post("/upload/jobs/{job_id}/cancel")
+def cancel_upload(job_id: str, rt: RuntimeDep, user: PageUser, form: CsrfForm):
+    job = rt.upload_jobs.get(user, job_id)
+    if job is not None:
+        job.cancelled = True
+    return {"cancelled": job is not None}
 
 
 @router.get("/upload/{rid}/media")
