@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,40 @@ def tiny_models(tmp_path_factory):
     from vision_helpers import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models"))
+
+
+def _as_user() -> list[str]:
+    """PostgreSQL refuses to run as root: run its programs as `nobody` then."""
+    return ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A throwaway PostgreSQL server (initdb / pg_ctl in a temp folder) for the module; its URL."""
+    pytest.importorskip("psycopg")
+    from smtp_sink import free_port
+
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not on PATH")
+    d = Path(tempfile.mkdtemp(prefix="maskwatch-pg-"))
+    d.chmod(0o777)
+    data, port = d / "data", free_port()
+    run = _as_user()
+    r = subprocess.run(
+        [*run, "initdb", "-D", str(data), "-U", "mw", "-A", "trust"], capture_output=True, timeout=120
+    )
+    if r.returncode != 0:
+        pytest.skip(f"initdb failed: {r.stderr.decode()[-300:]}")
+    opts = f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off"
+    r = subprocess.run(
+        [*run, "pg_ctl", "-D", str(data), "-o", opts, "-l", str(d / "log"), "-w", "start"],
+        capture_output=True,
+        timeout=120,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"PostgreSQL did not start: {r.stderr.decode()[-300:]}")
+    try:
+        yield f"postgresql+psycopg://mw@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)

@@ -109,6 +109,17 @@ def labels(rules, frames, fps=10.0, cam="door"):
     ]
 
 
+def test_a_person_coming_back_keeps_their_path_for_the_next_track():
+    """Seen on a cluster under load: a walk (track 1, alerted), an id swap to 2 near the end, 1 found again
+    there, then the walk starts over from the left as track 3. Each new track continues the same person,
+    and the last one matches where the first came in, which only the inherited path remembers."""
+    rules = AlertRules(settings(min_frames=3, min_seconds=0.0))
+    walk = [[f(1, x=x)] for x in range(0, 400, 20)]  # alerts early on
+    swap = [[f(2, x=420)], [f(2, x=440)], [f(1, x=460)], [f(1, x=480)]]
+    again = [[f(3, x=x)] for x in range(0, 200, 20)]
+    assert run(rules, walk + swap + again) == [(2, 1)]
+
+
 def test_incorrect_mask_alerts_like_no_mask():
     assert labels(AlertRules(settings()), [[f(1, "incorrect")]] * 30) == [(10, 1, "incorrect")]
     assert labels(AlertRules(settings()), [[f(1, "incorrect", conf=0.7)]] * 30) == []  # low confidence

@@ -1,55 +1,16 @@
-"""The store on a real PostgreSQL server (a throwaway cluster started here). Skips without `initdb` /
-`pg_ctl` on PATH or without the psycopg driver (`pip install "psycopg[binary]"`)."""
+"""The store on a real PostgreSQL server (the `pg_url` fixture of conftest.py: a throwaway cluster). Skips
+without `initdb` / `pg_ctl` on PATH or without the psycopg driver (`pip install "psycopg[binary]"`)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from maskwatch.store import MailDraft, Store
 from maskwatch.types import Attribute, Face, FrameResult
-from smtp_sink import free_port
 
 pytest.importorskip("psycopg")
-
-
-def _as_user() -> list[str]:
-    """PostgreSQL refuses to run as root: run its programs as `nobody` then."""
-    return ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
-        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) not on PATH")
-    d = Path(tempfile.mkdtemp(prefix="maskwatch-pg-"))
-    d.chmod(0o777)
-    data, port = d / "data", free_port()
-    run = _as_user()
-    r = subprocess.run(
-        [*run, "initdb", "-D", str(data), "-U", "mw", "-A", "trust"], capture_output=True, timeout=120
-    )
-    if r.returncode != 0:
-        pytest.skip(f"initdb failed: {r.stderr.decode()[-300:]}")
-    opts = f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off"
-    r = subprocess.run(
-        [*run, "pg_ctl", "-D", str(data), "-o", opts, "-l", str(d / "log"), "-w", "start"],
-        capture_output=True,
-        timeout=120,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"PostgreSQL did not start: {r.stderr.decode()[-300:]}")
-    try:
-        yield f"postgresql+psycopg://mw@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*run, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_store_on_postgresql(pg_url, tmp_path):

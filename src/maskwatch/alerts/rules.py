@@ -120,11 +120,11 @@ class AlertRules:
                 continue
             tr = cam.tracks.get(face.track_id)
             if tr is None:
-                last_alert = self._reentry(cam, face.box, t, seen)
-                tr = cam.tracks[face.track_id] = _Track(
-                    first_seen=t, last_seen=t, box=face.box, path=[face.box]
-                )
-                tr.last_alert = last_alert
+                back = self._reentry(cam, face.box, t, seen)
+                # a person coming back keeps their path: the next track (a swap, a loop) matches it too
+                path = [*back.boxes[-PATH_POINTS:], face.box] if back else [face.box]
+                tr = cam.tracks[face.track_id] = _Track(first_seen=t, last_seen=t, box=face.box, path=path)
+                tr.last_alert = back.last_alert if back else None
             tr.last_seen, tr.box = t, face.box
             _extend_path(tr.path, face.box)
             label = face.mask.label
@@ -155,9 +155,9 @@ class AlertRules:
             return face
         return face.with_(mask=Attribute(label, tr.run_conf[label]))
 
-    def _reentry(self, cam: _Camera, box, t: float, seen: set[int]) -> float | None:
-        """The last alert time of an alerted person who left near `box` within the cooldown, if any
-        (that person is then forgotten, so one departure matches one re-entry)."""
+    def _reentry(self, cam: _Camera, box, t: float, seen: set[int]) -> _Left | None:
+        """The alerted person who left near `box` within the cooldown, if any (that person is then
+        forgotten, so one departure matches one re-entry)."""
         s = self.settings
         if s.reentry_radius <= 0:
             return None
@@ -179,7 +179,7 @@ class AlertRules:
         if best is None:
             return None
         cam.left.remove(best)
-        return best.last_alert
+        return best
 
     def _expire(self, cam: _Camera, t: float, seen: set[int]) -> None:
         cooldown = self.settings.cooldown_s
