@@ -31,6 +31,8 @@ BROWSER_ARGS = [
     "--disable-sync",
     "--no-first-run",
     "--disable-quic",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
 ]
 SCREENS = Path("/tmp/screens")
 T_EVENT = datetime(2026, 7, 1, 12, 0, 0, tzinfo=UTC)
@@ -59,6 +61,7 @@ def app_server(tmp_path_factory, tiny_models, smtp):
         yunet=None,
         smtp={"host": "127.0.0.1", "port": smtp.port, "security": "none", "recipients": ["ops@example.org"]},
         server={"timezone": "UTC"},
+        cameras=[{"name": "door", "source": str(tmp / "none.avi"), "enabled": False}],
         web={"max_upload_mb": 2, "uploads_per_minute": 100},
     )
     seed_history(store, face_tiles(), hours=6, events=4)
@@ -70,6 +73,8 @@ def app_server(tmp_path_factory, tiny_models, smtp):
         gender=None,
         snapshot_jpeg=jpeg(scene(face_tiles(), faces=("unmasked",))),
     )
+    rt = app.state.runtime
+    rt.monitor.reconcile(rt.settings.cameras)  # the (disabled) camera's tile, without starting the monitor
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -279,3 +284,40 @@ def test_upload_size_check_progress_and_cancel(page, app_server, tmp_path):
     page.wait_for_selector("#upload-error")
     assert "cancelled" in page.inner_text("#upload-error")
     assert page.locator("#upload-result").count() == 0
+
+
+def test_live_banner_on_a_server_camera_alert_and_tile_compliance(page, app_server):
+    base, store, _ = app_server
+    page.goto(f"{base}/")
+    page.wait_for_function(
+        "() => /\\d+%/.test(document.querySelector('[data-camera=door] [data-field=compliance_1h]')"
+        ".textContent)"
+    )
+    assert page.locator("#alert-banner").is_hidden()
+    page.wait_for_timeout(1200)  # the page has connected and knows the newest event
+    event = store.add_event(
+        camera="door",
+        time=datetime.now(UTC),
+        track_id=42,
+        mask=_attr("incorrect", 0.88),
+        gender=None,
+        snapshot_jpeg=None,
+    )
+    page.wait_for_selector("#alert-banner:not([hidden])")
+    assert "door: mask worn incorrectly (track #42, 88%)" in page.inner_text("#alert-banner")
+    assert page.get_attribute("#alert-link", "href") == f"/events/{event.id}"
+    assert not page.is_checked("#alert-sound")  # off by default
+    page.click("#alert-dismiss")
+    assert page.locator("#alert-banner").is_hidden()
+
+
+def test_webcam_stop_clears_counters(page, app_server):
+    base, _, _ = app_server
+    page.goto(f"{base}/")
+    page.click("#webcam-start")
+    page.wait_for_function("() => Number(document.getElementById('webcam-result').dataset.frame) >= 5")
+    assert page.inner_text('#webcam-counters [data-counter="fps"]') != "–"
+    page.click("#webcam-stop")
+    assert page.inner_text('#webcam-counters [data-counter="fps"]') == "–"
+    assert page.inner_text('#webcam-counters [data-counter="people"]') == "0"
+    assert page.locator("#webcam-faces tbody tr").count() == 0

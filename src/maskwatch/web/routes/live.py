@@ -17,8 +17,12 @@ so any number of cameras costs one of the browser's few connections per host. Sa
   N, N bytes of UTF-8 JSON header `{"camera": name, "seq": n, "state": ..., "fps": ..., "counts": {...},
   "error": ..., "processing_ms": ...}` (the camera's public snapshot plus the frame's seq), then the
   annotated JPEG.
-- server -> client, text, on connect and about once a second: `{"type": "cameras", "cameras": [...]}`,
-  every configured camera's public state (as `/api/cameras`), so tiles without new frames show state.
+- server -> client, text, on connect and about once a second: `{"type": "cameras", "cameras": [...],
+  "compliance_1h": {name: 0.83 or null}}`, every configured camera's public state (as `/api/cameras`),
+  so tiles without new frames show state, and each camera's compliance over the last hour (refreshed
+  every `LIVE_COMPLIANCE_S`).
+- server -> client, text, for each alert event of a server camera stored while the page is open:
+  `{"type": "alert", "event": {"id", "camera", "time", "track_id", "mask_label", "mask_confidence"}}`.
 
 Backpressure: nothing is queued for a slow client. Each send is awaited, and then only the newest frame
 of each camera is sent (intermediate seqs are skipped), at most `LIVE_TILE_FPS` frames per second per
@@ -34,6 +38,7 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -41,7 +46,7 @@ from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response, StreamingResponse
 
 from maskwatch.monitor.stream import Camera, placeholder_jpeg
-from maskwatch.store import Event
+from maskwatch.store import Event, StoreError
 from maskwatch.web.analysis import MAX_STREAM_SIDE, BadMedia, ModelsUnavailable, counts, decode_image
 from maskwatch.web.auth import SESSION_RECHECK_S, same_origin, session_still_valid, session_user
 from maskwatch.web.deps import PageUser, RuntimeDep
@@ -55,6 +60,7 @@ BOUNDARY = "maskwatchframe"
 LIVE_TILE_FPS = 15.0  # /ws/live: at most this many frames per second per camera tile
 LIVE_STATE_S = 1.0  # /ws/live: every camera's state is sent this often
 MAX_LIVE_CAMERAS = 256  # /ws/live: names accepted in one subscription
+LIVE_COMPLIANCE_S = 30.0  # /ws/live: the last hour's compliance per camera is read this often
 
 
 @router.websocket("/ws/webcam")
@@ -149,6 +155,34 @@ class _LiveFeed:
         self.wanted: list[str] = []
         self.tiles: dict[str, _Tile] = {}
         self.wake = asyncio.Event()
+        self.last_event: int | None = None  # the newest event id the page knows
+        self.compliance: dict[str, float | None] = {}
+        self.compliance_at = float("-inf")
+
+    async def _news(self) -> list[dict[str, Any]]:
+        """Alerts of server cameras stored since the last call (webcam alerts show on their own page
+        part); refreshes the hour's compliance per camera when due. Database trouble skips a round."""
+        store = self.rt.store
+        try:
+            if self.last_event is None:
+                self.last_event = await anyio.to_thread.run_sync(store.last_event_id)
+                return []
+            events = await anyio.to_thread.run_sync(store.events_after, self.last_event)
+            if time.monotonic() - self.compliance_at > LIVE_COMPLIANCE_S:
+                since = datetime.now(UTC) - timedelta(hours=1)
+                stats = await anyio.to_thread.run_sync(lambda: store.stats(since=since, bucket="hour"))
+                self.compliance = {k: v["compliance"] for k, v in stats["per_camera"].items()}
+                self.compliance_at = time.monotonic()
+        except StoreError as exc:
+            log.warning("live page: %s", exc)
+            return []
+        if events:
+            self.last_event = events[-1].id
+        return [
+            {**_event_brief(e, False), "time": e.time.isoformat()}
+            for e in events
+            if not e.camera.startswith("browser:")
+        ]
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._read())
@@ -165,7 +199,16 @@ class _LiveFeed:
                     checked = now
                 if now >= next_state:
                     self._sync()  # cameras started, stopped or restarted since
-                    await self.ws.send_json({"type": "cameras", "cameras": self.rt.cameras.describe()})
+                    alerts = await self._news()
+                    await self.ws.send_json(
+                        {
+                            "type": "cameras",
+                            "cameras": self.rt.cameras.describe(),
+                            "compliance_1h": self.compliance,
+                        }
+                    )
+                    for event in alerts:
+                        await self.ws.send_json({"type": "alert", "event": event})
                     next_state = now + LIVE_STATE_S
                 due = next_state
                 for name, tile in list(self.tiles.items()):

@@ -252,6 +252,50 @@
     set("age", cam.last_frame_age_s ?? "–");
     set("error", cam.error || "");
     for (const [k, v] of Object.entries(cam.counts || {})) set(k, v);
+    const c = cam.counts || {};
+    const judged = (c.masked || 0) + (c.unmasked || 0) + (c.incorrect || 0);
+    set("compliance", judged ? `${Math.round((100 * c.masked) / judged)}%` : "–");
+  }
+
+  function showCompliance(hour) {
+    for (const [name, tile] of tiles) {
+      const el = tile.fig.querySelector('[data-field="compliance_1h"]');
+      const v = hour[name];
+      if (el) el.textContent = v == null ? "–" : `${Math.round(100 * v)}%`;
+    }
+  }
+
+  // an alert raised by a server camera while this page is open: a banner, and a beep when chosen
+  const banner = $("alert-banner");
+  const sound = $("alert-sound");
+  let audio = null;
+  if (sound) {
+    sound.checked = localStorage.getItem("maskwatch-alert-sound") === "1";
+    sound.addEventListener("change", () => {
+      localStorage.setItem("maskwatch-alert-sound", sound.checked ? "1" : "0");
+      if (sound.checked && !audio) audio = new AudioContext(); // created by a click: allowed to play
+    });
+    $("alert-dismiss").addEventListener("click", () => { banner.hidden = true; });
+  }
+
+  function beep() {
+    if (!sound.checked) return;
+    audio = audio || new AudioContext();
+    const osc = audio.createOscillator(), gain = audio.createGain();
+    osc.frequency.value = 880;
+    gain.gain.value = 0.2;
+    osc.connect(gain).connect(audio.destination);
+    osc.start();
+    osc.stop(audio.currentTime + 0.3);
+  }
+
+  function showAlert(e) {
+    const what = e.mask_label === "incorrect" ? "mask worn incorrectly" : "no mask";
+    $("alert-text").textContent = `${clock(new Date(e.time))} · ${e.camera}: ${what} (track #${e.track_id ?? "?"}, ${Math.round(e.mask_confidence * 100)}%)`;
+    $("alert-link").href = `/events/${e.id}`;
+    banner.dataset.eventId = String(e.id);
+    banner.hidden = false;
+    beep();
   }
 
   function showFrame(buf) {
@@ -288,7 +332,9 @@
       if (typeof ev.data !== "string") { showFrame(ev.data); return; }
       let msg;
       try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      if (msg.type === "alert") { showAlert(msg.event); return; }
       if (msg.type !== "cameras") return;
+      showCompliance(msg.compliance_1h || {});
       for (const cam of msg.cameras) { const tile = tiles.get(cam.name); if (tile) showState(tile, cam); }
     };
     live.onclose = (ev) => {
