@@ -6,7 +6,7 @@ import hmac
 import json
 import logging
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -53,6 +53,7 @@ router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25
+MAX_RANGE_DAYS = 400  # the longest custom statistics range
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")  # an upload's progress id, chosen by the page
 MAX_TOKEN_DAYS = 3650  # the longest token lifetime the settings page offers
 RANGES = {  # statistics ranges: (length, bucket)
@@ -422,27 +423,57 @@ def _stats_charts(
     return charts
 
 
+def _custom_range(since: str, until: str, zone: ZoneInfo) -> tuple[datetime, datetime, str]:
+    """(start, end, bucket) of the days `since` to `until` (YYYY-MM-DD, both included, in the site's
+    zone): per minute up to 2 hours, per hour up to 3 days, else per day."""
+    try:
+        first, last = date.fromisoformat(since), date.fromisoformat(until)
+    except ValueError as exc:
+        raise HTTPException(400, f"not a date: {since!r} or {until!r} (use YYYY-MM-DD)") from exc
+    if last < first or (last - first).days > MAX_RANGE_DAYS:
+        raise HTTPException(400, f"the range must run forward and span at most {MAX_RANGE_DAYS} days")
+    start = datetime.combine(first, time.min, zone)
+    end = datetime.combine(last + timedelta(days=1), time.min, zone)
+    span = end - start
+    bucket = "minute" if span <= timedelta(hours=2) else "hour" if span <= timedelta(days=3) else "day"
+    return start, end, bucket
+
+
 @router.get("/stats")
 def stats_page(
-    request: Request, rt: RuntimeDep, user: PageUser, range: str = "24h", camera: str | None = None
+    request: Request,
+    rt: RuntimeDep,
+    user: PageUser,
+    range: str = "24h",
+    camera: str | None = None,
+    since: str = "",
+    until: str = "",
 ):
-    if range not in RANGES:
-        range = "24h"
-    length, bucket = RANGES[range]
-    now = datetime.now(UTC)
     zone = site_zone(request)
-    data = rt.store.stats(since=now - length, until=None, camera=camera or None, bucket=bucket, zone=zone)
+    now = datetime.now(UTC)
+    if range == "custom":
+        start, end, bucket = _custom_range(since, until, zone)
+    else:
+        if range not in RANGES:
+            range = "24h"
+        length, bucket = RANGES[range]
+        start, end = now - length, now
+        today = now.astimezone(zone).date()
+        since, until = (today - timedelta(days=max(0, length.days - 1))).isoformat(), today.isoformat()
+    data = rt.store.stats(since=start, until=end, camera=camera or None, bucket=bucket, zone=zone)
     gender = rt.gender_enabled
     return render(
         request,
         "stats.html",
         range=range,
         ranges=list(RANGES),
+        since=since,
+        until=until,
         camera=camera or "",
         cameras=sorted(set(rt.store.cameras()) | {c.name for c in rt.settings.cameras}),
         totals=data.get("totals", {}),
         per_camera=data.get("per_camera", {}),
-        **_stats_charts(data, now - length, now, bucket, gender, zone),
+        **_stats_charts(data, start, min(end, now), bucket, gender, zone),
     )
 
 
