@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import shutil
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import pytest
@@ -31,14 +33,17 @@ pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto (apt-
 
 
 class Broker:
-    """mosquitto on 127.0.0.1:port; persistence on, so a subscriber's session survives a restart."""
+    """mosquitto on 127.0.0.1:port; persistence on, so a subscriber's session survives a restart.
+    `listener`: more settings of the listener (password_file, TLS files); `anonymous` False refuses
+    clients without credentials."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, listener: str = "", anonymous: bool = True):
         self.port = free_port()
         self.dir = tmp
         conf = tmp / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\n{listener}\nallow_anonymous {str(anonymous).lower()}\n"
+            "persistence true\n"
             f"user {getpass.getuser()}\n"  # as root, mosquitto would switch to "mosquitto" (no access here)
             f"persistence_location {tmp}/\nlog_dest file {tmp}/mosquitto.log\n"
         )
@@ -64,12 +69,17 @@ class Broker:
 
 
 class Subscriber:
-    """A paho client subscribed to `#` (QoS 1, persistent session): every message by topic."""
+    """A paho client subscribed to `#` (QoS 1, persistent session): every message by topic.
+    `auth` (user, password) and `ca` (TLS, trusting this CA file) for brokers that need them."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, auth: tuple[str, str] | None = None, ca: Path | None = None):
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-sub", clean_session=False)
+        if auth:
+            self.c.username_pw_set(*auth)
+        if ca:
+            self.c.tls_set(ca_certs=str(ca))
         self.c.reconnect_delay_set(1, 1)
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe([("#", 1)])
         self.c.on_message = self._on_message
@@ -131,14 +141,14 @@ def broker(tmp_path):
     b.stop()
 
 
-def monitor_for(tmp_path: Path, port: int, cameras: list | None = None, **mqtt_extra):
+def monitor_for(tmp_path: Path, port: int, cameras: list | None = None, url: str | None = None, **mqtt_extra):
     settings = web_settings(
         tmp_path,
         model_dir=None,
         yunet=shared_yunet(),
         cameras=cameras or [],
         alerts={**FAST_ALERTS, "base_url": "https://mw.example.org"},
-        mqtt={"url": f"mqtt://127.0.0.1:{port}", "topic_prefix": "mwtest", **mqtt_extra},
+        mqtt={"url": url or f"mqtt://127.0.0.1:{port}", "topic_prefix": "mwtest", **mqtt_extra},
     )
     store = Store.from_settings(settings)
     monitor = Monitor(settings, store, run_mail=False)
@@ -302,3 +312,183 @@ def test_broker_outage_loses_no_event_and_never_blocks_the_loop(tmp_path, tiles,
         monitor.stop()
         sub.close()
         store.close()
+
+
+# -- credentials and TLS ------------------------------------------------------------------------
+
+USER, PASSWORD = "maskwatch", "s3cret:p@ss/w0rd"  # ':', '@' and '/' percent-encoded in the URL
+
+
+def connack(port: int, auth: tuple[str, str] | None = None) -> str:
+    """The broker's answer to a plain client's CONNECT: 'Success' or why it refused."""
+    got: list[str] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    if auth:
+        c.username_pw_set(*auth)
+    c.on_connect = lambda c, u, f, rc, p: got.append(str(rc))
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    deadline = time.time() + 5
+    while not got and time.time() < deadline:
+        time.sleep(0.05)
+    c.loop_stop()
+    c.disconnect()
+    return got[0] if got else "no answer"
+
+
+def assert_never_waits(monitor: Monitor, image) -> list:
+    """Alerts while the publisher cannot deliver: each frame as fast as usual (no network wait)."""
+    times: list[float] = []
+    events = alert_once(monitor, image, times)
+    assert monitor.alerts.flush()
+    assert len(events) == 1 and max(times) < 1.0, times
+    return events
+
+
+@pytest.fixture
+def auth_broker(tmp_path):
+    d = tmp_path / "auth-broker"
+    d.mkdir()
+    passwd = d / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD], check=True)
+    b = Broker(d, f"password_file {passwd}", anonymous=False)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd")
+def test_credentials_in_the_url(tmp_path, tiles, auth_broker, caplog):
+    caplog.set_level(logging.DEBUG)
+    port = auth_broker.port
+    assert connack(port) == "Not authorized"  # anonymous clients are refused
+    sub = Subscriber(port, auth=(USER, PASSWORD))
+    image = scene(tiles, faces=("unmasked",))
+    url = f"mqtt://{quote(USER)}:{quote(PASSWORD, safe='')}@127.0.0.1:{port}"
+    monitor, store = monitor_for(tmp_path / "right", port, url=url)
+    monitor.start()
+    try:
+        assert sub.wait(lambda: b"online" in sub.on("mwtest/status"))
+        events = alert_once(monitor, image)
+        got = sub.wait(lambda: sub.on("mwtest/events"))
+        assert [json.loads(p)["id"] for p in got] == [e.id for e in events]
+    finally:
+        monitor.stop()
+        store.close()
+
+    wrong = url.replace(quote(PASSWORD, safe=""), "wrong")
+    monitor, store = monitor_for(tmp_path / "wrong", port, url=wrong)
+    monitor.start()
+    try:
+        assert_never_waits(monitor, image)
+        publisher = monitor.mqtt
+        assert publisher is not None
+        assert sub.wait(lambda: publisher.health["last_error"], timeout=10)
+        assert not publisher.health["connected"] and publisher.health["pending"] == 1
+        assert "Not authorized" in publisher.health["last_error"], publisher.health
+        refused = [r for r in caplog.records if r.name == mw_mqtt.__name__ and r.levelno >= logging.ERROR]
+        assert refused and "refused the connection: Not authorized" in refused[0].getMessage()
+        assert len(refused) == 1  # once, not on every retry
+    finally:
+        monitor.stop()
+        store.close()
+    sub.close()
+    for secret in (PASSWORD, quote(PASSWORD, safe=""), "wrong"):
+        assert secret not in caplog.text
+        assert secret not in json.dumps(publisher.health)
+
+
+def make_ca(d: Path, name: str) -> tuple[Path, Path]:
+    """A throwaway CA (openssl): (certificate, key)."""
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / f"{name}.pem", d / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={name}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def make_server_cert(d: Path, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by `ca`: (certificate, key)."""
+    cert, key, csr, ext = d / "server.pem", d / "server.key", d / "server.csr", d / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(
+        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+         "-out", cert, "-days", "2", "-extfile", ext],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_mqtts_with_a_ca_file(tmp_path, tiles, caplog):
+    caplog.set_level(logging.INFO)
+    pki = tmp_path / "pki"
+    ca = make_ca(pki, "maskwatch-test-ca")
+    other_ca = make_ca(pki, "someone-else")
+    cert, key = make_server_cert(pki, ca)
+    d = tmp_path / "tls-broker"
+    d.mkdir()
+    broker = Broker(d, f"certfile {cert}\nkeyfile {key}")
+    broker.start()
+    image = scene(tiles, faces=("unmasked",))
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    sub = Subscriber(broker.port, ca=ca[0])
+    try:
+        monitor, store = monitor_for(tmp_path / "right", broker.port, url=url, ca_file=str(ca[0]))
+        monitor.start()
+        try:
+            assert sub.wait(lambda: b"online" in sub.on("mwtest/status"))
+            events = alert_once(monitor, image)
+            got = sub.wait(lambda: sub.on("mwtest/events"))
+            assert [json.loads(p)["id"] for p in got] == [e.id for e in events]
+        finally:
+            monitor.stop()
+            store.close()
+
+        # a CA that did not sign the broker's certificate, or none (the system CAs): refused, logged
+        for name, ca_file in (("other", str(other_ca[0])), ("system", None)):
+            caplog.clear()
+            monitor, store = monitor_for(tmp_path / name, broker.port, url=url, ca_file=ca_file)
+            monitor.start()
+            try:
+                assert_never_waits(monitor, image)
+                publisher = monitor.mqtt
+                assert publisher is not None
+                assert sub.wait(lambda p=publisher: p.health["last_error"], timeout=10)
+                assert not publisher.health["connected"] and publisher.health["pending"] == 1
+                assert "certificate verify failed" in publisher.health["last_error"], publisher.health
+                errors = [r.getMessage() for r in caplog.records if r.name == mw_mqtt.__name__]
+                assert any("certificate verify failed" in m for m in errors), errors
+            finally:
+                monitor.stop()
+                store.close()
+        assert len(sub.on("mwtest/events")) == 1  # nothing came through the refused connections
+
+        # an unreadable ca_file: logged, the monitor runs on; fixing the setting connects
+        missing = tmp_path / "missing-ca.pem"
+        monitor, store = monitor_for(tmp_path / "missing", broker.port, url=url, ca_file=str(missing))
+        monitor.start()
+        try:
+            assert_never_waits(monitor, image)
+            publisher = monitor.mqtt
+            assert publisher is not None and str(missing) in (publisher.health["last_error"] or "")
+            publisher.update_settings(
+                publisher.settings.model_copy(
+                    update={"mqtt": publisher.settings.mqtt.model_copy(update={"ca_file": ca[0]})}
+                )
+            )
+            assert sub.wait(lambda: len(sub.on("mwtest/events")) == 2)  # the pending event, now
+        finally:
+            monitor.stop()
+            store.close()
+    finally:
+        sub.close()
+        broker.stop()

@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -146,6 +147,12 @@ def _connection(m: MqttSettings) -> tuple[str, ...] | None:
     return None if not m.url else (m.url, str(m.ca_file), str(m.client_id), m.topic_prefix)
 
 
+def _address(m: MqttSettings) -> tuple[str, int]:
+    """(host, port) of the broker; never the credentials."""
+    u = urlsplit(m.url or "")
+    return u.hostname or "localhost", u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+
 class MqttPublisher:
     """Publishes stored alert events, camera state and availability to `settings.mqtt.url`.
 
@@ -178,6 +185,7 @@ class MqttPublisher:
         self._states: dict[str, tuple[Any, ...]] = {}  # camera -> what was last published
         self._state_at = 0.0
         self._discovered: set[str] = set()
+        self._reported: str | None = None  # the connection error last logged (logged once, not per retry)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,7 +213,7 @@ class MqttPublisher:
 
     def update_settings(self, settings: Settings) -> None:
         old, self.settings = self.settings, settings
-        if _connection(old.mqtt) != _connection(settings.mqtt) and self._client is not None:
+        if _connection(old.mqtt) != _connection(settings.mqtt) and self._thread is not None:  # started
             log.info("MQTT settings changed: reconnecting")
             self._disconnect(graceful=True)
             self._unsent = deque(self._pending)  # the new client sends every pending event again
@@ -244,16 +252,23 @@ class MqttPublisher:
         if u.username:
             c.username_pw_set(unquote(u.username), unquote(u.password) if u.password else None)
         if tls:
-            c.tls_set(ca_certs=str(m.ca_file) if m.ca_file else None)
+            try:
+                c.tls_set(ca_certs=str(m.ca_file) if m.ca_file else None)  # None: the system's CAs
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                self._client, self._connected = None, False
+                self._failed(f"mqtt.ca_file {m.ca_file}: {exc}; not connecting until the settings change")
+                return
         c.will_set(f"{m.topic_prefix}/status", "offline", qos=1, retain=True)
         c.reconnect_delay_set(min_delay=int(RECONNECT_MIN_S), max_delay=int(RECONNECT_MAX_S))
         c.max_queued_messages_set(m.max_pending)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         self._client = c
         self._connected = False
-        c.connect_async(u.hostname or "localhost", u.port or (8883 if tls else 1883), keepalive=KEEPALIVE_S)
+        self._reported = None
+        c.connect_async(*_address(m), keepalive=KEEPALIVE_S)
         c.loop_start()  # paho's network thread; retries the first connection too
 
     def _disconnect(self, *, graceful: bool) -> None:
@@ -271,27 +286,44 @@ class MqttPublisher:
         self._connected = False
         self.health["connected"] = False
 
+    def _failed(self, error: str) -> None:
+        """A connection attempt failed: into health; logged once until it changes or a connection works
+        (paho retries with backoff). Never the URL: it may hold the password."""
+        self.health["last_error"] = error
+        if error != self._reported:
+            self._reported = error
+            log.error("MQTT: %s", error)
+
     # paho's thread: set flags only (publishing from here could deadlock with paho's locks)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if client is not self._client:
             return
         if reason_code.is_failure:
-            self.health["last_error"] = f"connect refused: {reason_code}"
-            log.error("MQTT broker refused the connection: %s", reason_code)
+            self._failed(f"the broker refused the connection: {reason_code}; retrying")
             return
         self._connected = self._announce = True
+        self._reported = None
         self.health["connected"] = True
         log.info("MQTT connected to %s", urlsplit(self.settings.mqtt.url or "").hostname)
         self._wake.set()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        """No connection (refused port, DNS, TLS handshake, certificate): paho calls this inside its
+        `except OSError`, so the exception is at hand."""
+        if client is not self._client:
+            return
+        host, port = _address(self.settings.mqtt)
+        self._failed(f"cannot connect to {host}:{port}: {sys.exc_info()[1]}; retrying")
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if client is not self._client:
             return
-        if self._connected:
+        if self._connected:  # a refused connection also ends here: its reason is already in health
             self.health["disconnects"] += 1
+            self.health["last_error"] = f"disconnected: {reason_code}"
             log.warning("MQTT connection lost (%s); reconnecting, events kept", reason_code)
         self._connected = False
-        self.health.update(connected=False, last_error=f"disconnected: {reason_code}")
+        self.health["connected"] = False
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if client is self._client:
