@@ -3,7 +3,9 @@ access by token or `web.metrics_allow` (TestClient's `client=` sets the peer add
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from maskwatch.alerts import MailWorker
 from maskwatch.store import MailDraft, Store
 from maskwatch.web import create_app
+from smtp_sink import free_port
 from web_helpers import PASSWORD, face_tiles, make_app, scene, shared_yunet, web_settings, write_clip
 
 
@@ -142,3 +145,65 @@ def test_metrics_registries_are_per_app(tmp_path, tiny_models):
     finally:
         sa.close()
         sb.close()
+
+
+class Hooks:
+    """A real HTTP server answering each POST with the status code its path names (/200, /400, /500)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(int(self.path.strip("/")))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+STATUSES = ("queued", "sent", "failed")
+
+
+def test_webhook_queue_depth_and_failures(tmp_path, tiny_models):
+    hooks = Hooks()
+    webhooks = [
+        {"url": f"{hooks.url}/200", "name": "ok"},
+        {"url": f"{hooks.url}/400", "name": "refuses"},  # failed at once
+        {"url": f"{hooks.url}/500", "name": "broken", "secret": "hook-secret"},  # queued for a retry in 5 s
+    ]
+    settings = web_settings(tmp_path, model_dir=tiny_models, yunet=None, webhooks=webhooks)
+    store = Store.from_settings(settings)
+    store.add_user("admin", PASSWORD)
+    auth = {"Authorization": f"Bearer {store.create_token('admin')}"}
+    app = create_app(settings, store=store)  # the monitor runs the webhook worker
+    store.queue_webhooks(1, [(name, {"id": 1}) for name in ("ok", "refuses", "broken")])
+    try:
+        with TestClient(app) as client:
+            deadline = time.time() + 20
+            while True:
+                m = parse(client.get("/metrics", headers=auth).text)
+                depth = {
+                    s: value(m, "maskwatch_webhook_deliveries", status=s)
+                    for s in ("queued", "sent", "failed")
+                }
+                attempts = [d.attempts for d in store.list_webhook_deliveries()[0]]
+                if depth == {"queued": 1.0, "sent": 1.0, "failed": 1.0} and attempts == [1, 1, 1]:
+                    break
+                assert time.time() < deadline, (depth, attempts)
+                time.sleep(0.2)
+            m = parse(client.get("/metrics", headers=auth).text)
+            text = client.get("/metrics", headers=auth).text
+    finally:
+        hooks.close()
+        store.close()
+    assert value(m, "maskwatch_webhook_send_failures") == 2.0  # the 400 and the 500
+    assert "hook-secret" not in text and hooks.url not in text

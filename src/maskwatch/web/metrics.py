@@ -43,6 +43,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 CAMERA_STATES = ("starting", "running", "stalled", "reconnecting", "down", "stopped", "disabled")
 OUTBOX_STATUSES = ("queued", "sending", "sent", "failed")
+WEBHOOK_STATUSES = ("queued", "sent", "failed")
 ALERT_COUNTERS = {  # AlertEngine.health key -> (metric name without maskwatch_alert_, help)
     "frames": ("frames", "Frames handed to the alert engine (every stream, webcams included)"),
     "alerts": ("events_raised", "Alert events raised (every stream)"),
@@ -67,6 +68,7 @@ class StateCollector(Collector):
         yield from self._cameras()
         yield from self._alerts()
         yield from self._mail()
+        yield from self._webhooks()
 
     def _cameras(self) -> Iterable[Metric]:
         monitor = self.runtime.monitor
@@ -161,6 +163,29 @@ class StateCollector(Collector):
             )
         if (v := _num(health.get("send_failures"))) is not None:
             yield CounterMetricFamily("maskwatch_mail_send_failures", "Failed email send attempts", value=v)
+
+    def _webhooks(self) -> Iterable[Metric]:
+        """The delivery queue by status (all webhooks together: a webhook's URL may hold a token), and
+        this process's failed POST attempts."""
+        depth = GaugeMetricFamily(
+            "maskwatch_webhook_deliveries", "Webhook deliveries in the queue by status", labels=["status"]
+        )
+        try:
+            for status in WEBHOOK_STATUSES:
+                _, total = self.runtime.store.list_webhook_deliveries(status=status, limit=0)
+                depth.add_metric([status], float(total))
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer while the database is away
+            log.warning("metrics: webhook delivery counts unavailable: %s", exc)
+        else:
+            yield depth
+        worker = self.runtime.monitor.webhooks
+        if worker is not None:
+            health = dict(worker.health)
+            yield CounterMetricFamily(
+                "maskwatch_webhook_send_failures",
+                "Failed webhook delivery attempts (each retry, and each delivery given up)",
+                value=float(health.get("retries", 0) + health.get("failed", 0)),
+            )
 
 
 class AppMetrics:
