@@ -167,7 +167,11 @@ def test_tables_become_cards_on_a_phone(page, app_server):
     assert cell.get_attribute("data-label") == "Camera"
     assert cell.evaluate("td => getComputedStyle(td).display") == "block"
     assert page.locator("#events-table thead").evaluate("t => getComputedStyle(t).display") == "none"
+    page.goto(f"{base}/stats")  # the phone-width charts, not the wide ones shrunk
+    assert page.locator("svg.chart-narrow").first.is_visible()
+    assert page.locator("svg.chart-wide").first.is_hidden()
     page.set_viewport_size({"width": 1280, "height": 900})
+    assert page.locator("svg.chart-wide").first.is_visible()
 
 
 def test_acknowledge_and_delete(page, app_server):

@@ -16,6 +16,7 @@ from html import escape
 from markupsafe import Markup
 
 W, H = 720, 240
+NARROW_W = 360  # the phone-width variant (`width=NARROW_W`): fewer x labels, the same font size
 PAD_L, PAD_R, PAD_T, PAD_B = 48, 12, 24, 40
 
 
@@ -41,24 +42,25 @@ def nice_max(value: float, ticks: int = 4) -> float:
     return float(10 * mag * ticks)
 
 
-def _frame(title: str, y_max: float, y_fmt) -> list[str]:
+def _frame(title: str, y_max: float, y_fmt, width: int) -> list[str]:
+    size = "wide" if width > NARROW_W else "narrow"
     parts = [
-        f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}" '
+        f'<svg class="chart chart-{size}" viewBox="0 0 {width} {H}" role="img" aria-label="{escape(title)}" '
         'xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
     ]
     for i in range(5):
         v = y_max * i / 4
         y = PAD_T + (H - PAD_T - PAD_B) * (1 - i / 4)
-        parts.append(f'<line class="grid" x1="{PAD_L}" y1="{y:.1f}" x2="{W - PAD_R}" y2="{y:.1f}"/>')
+        parts.append(f'<line class="grid" x1="{PAD_L}" y1="{y:.1f}" x2="{width - PAD_R}" y2="{y:.1f}"/>')
         parts.append(
             f'<text class="axis" x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{y_fmt(v)}</text>'
         )
     return parts
 
 
-def _x_labels(labels: Sequence[str], xs: Sequence[float]) -> list[str]:
-    step = max(1, len(labels) // 8)
+def _x_labels(labels: Sequence[str], xs: Sequence[float], width: int) -> list[str]:
+    step = max(1, -(-len(labels) // max(2, width // 90)))  # a label every 90 px at most
     return [
         f'<text class="axis" x="{x:.1f}" y="{H - PAD_B + 16}" text-anchor="middle">{escape(lab)}</text>'
         for i, (lab, x) in enumerate(zip(labels, xs, strict=True))
@@ -67,18 +69,23 @@ def _x_labels(labels: Sequence[str], xs: Sequence[float]) -> list[str]:
 
 
 def line_chart(
-    points: Sequence[tuple[str, float | None]], *, title: str, y_max: float = 1.0, percent: bool = True
+    points: Sequence[tuple[str, float | None]],
+    *,
+    title: str,
+    y_max: float = 1.0,
+    percent: bool = True,
+    width: int = W,
 ) -> Markup:
     """A line over time; None values leave gaps."""
     y_fmt = _pct if percent else _num
-    parts = _frame(title, y_max, y_fmt)
+    parts = _frame(title, y_max, y_fmt, width)
     n = len(points)
     if n == 0:
         parts.append(
-            f'<text class="empty" x="{W / 2}" y="{H / 2}" text-anchor="middle">no data yet</text></svg>'
+            f'<text class="empty" x="{width / 2}" y="{H / 2}" text-anchor="middle">no data yet</text></svg>'
         )
         return Markup("".join(parts))
-    inner_w = W - PAD_L - PAD_R
+    inner_w = width - PAD_L - PAD_R
     xs = [PAD_L + inner_w * (i + 0.5) / n for i in range(n)]
     segments: list[list[str]] = [[]]
     for (label, v), x in zip(points, xs, strict=True):
@@ -95,25 +102,29 @@ def line_chart(
     for seg in segments:
         if len(seg) > 1:
             parts.append(f'<polyline class="line" points="{" ".join(seg)}"/>')
-    parts += _x_labels([p[0] for p in points], xs)
+    parts += _x_labels([p[0] for p in points], xs, width)
     parts.append("</svg>")
     return Markup("".join(parts))
 
 
 def bar_chart(
-    groups: Sequence[tuple[str, Sequence[tuple[str, float]]]], *, title: str, percent: bool = False
+    groups: Sequence[tuple[str, Sequence[tuple[str, float]]]],
+    *,
+    title: str,
+    percent: bool = False,
+    width: int = W,
 ) -> Markup:
     """Grouped bars: groups = [(group label, [(series name, value), ...]), ...]. Series name = CSS class."""
     values = [v for _, series in groups for _, v in series]
     y_max = 1.0 if percent else nice_max(max([0.0, *values]))
     y_fmt = _pct if percent else _num
-    parts = _frame(title, y_max, y_fmt)
+    parts = _frame(title, y_max, y_fmt, width)
     if not groups:
         parts.append(
-            f'<text class="empty" x="{W / 2}" y="{H / 2}" text-anchor="middle">no data yet</text></svg>'
+            f'<text class="empty" x="{width / 2}" y="{H / 2}" text-anchor="middle">no data yet</text></svg>'
         )
         return Markup("".join(parts))
-    inner_w = W - PAD_L - PAD_R
+    inner_w = width - PAD_L - PAD_R
     inner_h = H - PAD_T - PAD_B
     gw = inner_w / len(groups)
     xs = []
@@ -130,7 +141,7 @@ def bar_chart(
                 f'width="{bw - 2:.1f}" '
                 f'height="{h:.1f}"><title>{escape(label)} {escape(name)}: {y_fmt(v)}</title></rect>'
             )
-    parts += _x_labels([g[0] for g in groups], xs)
+    parts += _x_labels([g[0] for g in groups], xs, width)
     parts.append("</svg>")
     return Markup("".join(parts))
 

@@ -33,7 +33,7 @@ from maskwatch.web.auth import (
     safe_next,
     session_user,
 )
-from maskwatch.web.charts import bar_chart, line_chart, time_axis
+from maskwatch.web.charts import NARROW_W, W, bar_chart, line_chart, time_axis
 from maskwatch.web.deps import (
     CsrfForm,
     DbId,
@@ -387,7 +387,7 @@ def event_thumb(event_id: DbId, rt: RuntimeDep, user: PageUser):
 
 
 def _stats_charts(
-    data: dict, start: datetime, end: datetime, bucket: str, gender: bool, zone: ZoneInfo
+    data: dict, start: datetime, end: datetime, bucket: str, gender: bool, zone: ZoneInfo, width: int
 ) -> dict[str, Any]:
     axis = time_axis(data.get("buckets", []), start.astimezone(zone), end.astimezone(zone), bucket)
     per_camera = data.get("per_camera", {})
@@ -396,7 +396,9 @@ def _stats_charts(
     rows = [b or {} for _, b in axis]
     charts = {
         "compliance_chart": line_chart(
-            list(zip(labels, [b.get("compliance") for b in rows], strict=True)), title="Compliance (% masked)"
+            list(zip(labels, [b.get("compliance") for b in rows], strict=True)),
+            title="Compliance (% masked)",
+            width=width,
         ),
         "people_chart": bar_chart(
             [
@@ -404,11 +406,13 @@ def _stats_charts(
                 for lab, b in zip(labels, rows, strict=True)
             ],
             title="People by mask label",
+            width=width,
         ),
         "camera_chart": bar_chart(
             [(cam, [("compliance", c.get("compliance") or 0.0)]) for cam, c in per_camera.items()],
             title="Compliance per camera",
             percent=True,
+            width=width,
         ),
         "gender_chart": None,
     }
@@ -419,8 +423,18 @@ def _stats_charts(
                 for lab, b in zip(labels, rows, strict=True)
             ],
             title="People by apparent gender",
+            width=width,
         )
     return charts
+
+
+def _chart_pairs(
+    data: dict, start: datetime, end: datetime, bucket: str, gender: bool, zone: ZoneInfo
+) -> dict[str, Any]:
+    """Each chart twice: for wide screens and for phones (app.css shows one)."""
+    args = (data, start, end, bucket, gender, zone)
+    wide, narrow = _stats_charts(*args, width=W), _stats_charts(*args, width=NARROW_W)
+    return {k: (v, narrow[k]) if v is not None else None for k, v in wide.items()}
 
 
 def _custom_range(since: str, until: str, zone: ZoneInfo) -> tuple[datetime, datetime, str]:
@@ -473,7 +487,7 @@ def stats_page(
         cameras=sorted(set(rt.store.cameras()) | {c.name for c in rt.settings.cameras}),
         totals=data.get("totals", {}),
         per_camera=data.get("per_camera", {}),
-        **_stats_charts(data, start, min(end, now), bucket, gender, zone),
+        **_chart_pairs(data, start, min(end, now), bucket, gender, zone),
     )
 
 
