@@ -56,6 +56,7 @@ class RemoteCamera:
         self.ack = 0
         self.incarnation: str | None = None
         self.restarts = 0
+        self._frames_before = 0  # frames of the earlier incarnations
         self.seq = 0
         self._jpeg: bytes | None = None
         self._lock = threading.Lock()
@@ -111,6 +112,7 @@ class RemoteCamera:
                 self.restarts += 1
                 log.warning("camera %s: its actor restarted on node %s", self.name, reply["health"]["node"])
             self.incarnation, self.ack = reply["incarnation"], 0
+            self._frames_before += self._health.get("frames", 0)  # counted on as one camera
         for s in reply["sightings"]:
             if s.seq <= self.ack:
                 continue
@@ -122,6 +124,7 @@ class RemoteCamera:
         health = dict(reply["health"])
         health["reconnects"] = health.get("reconnects", 0)
         health["restarts"] = self.restarts
+        health["frames"] = self._frames_before + health.get("frames", 0)
         frame = reply["frame"]
         with self._lock:
             self._health = health
