@@ -26,7 +26,7 @@ run: $(VENV)/.runtime
 	$(BIN)/maskwatch serve --host $(HOST) --port $(PORT)
 
 # Modules the type checker covers (mypy settings in pyproject.toml); more join as they are typed.
-TYPED := src/maskwatch/types.py src/maskwatch/sources.py src/maskwatch/store src/maskwatch/alerts src/maskwatch/monitor src/maskwatch/web src/maskwatch/integrations
+TYPED := src/maskwatch/types.py src/maskwatch/sources.py src/maskwatch/store src/maskwatch/alerts src/maskwatch/monitor src/maskwatch/web src/maskwatch/integrations src/maskwatch/cluster src/maskwatch/batch
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check src tests tools
