@@ -190,12 +190,14 @@ class ClusterMonitor(Monitor):
         super().__init__(settings, store, **kwargs)
         self._actor_class: Any = None
         self._poller: threading.Thread | None = None
+        self._owns_ray = False
 
     def start(self) -> None:
         import ray
 
         c = self.settings.cluster
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
             ray.init(address=c.address, namespace=c.namespace, log_to_driver=False, configure_logging=False)
         self._actor_class = ray.remote(CameraActor)
         self._start_services()
@@ -230,6 +232,11 @@ class ClusterMonitor(Monitor):
             self._poller.join(timeout=5)
         self._drain_all(timeout=3.0)  # what the actors still hold reaches the store
         super().stop()
+        if self._owns_ray:  # a driver outliving its cluster's GCS is ended by Ray: disconnect now
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
 
     def health(self) -> dict[str, Any]:
         return {**super().health(), "cluster": self.settings.cluster.address}
