@@ -58,22 +58,13 @@ def batch(
       maskwatch batch footage/ --out audit/ --chunk-seconds 60 --store sqlite:///audit.db
     """
     from maskwatch.batch.run import BatchOptions, run_batch
-    from maskwatch.config import apply_overrides, load_settings
     from maskwatch.store.base import StoreError
-    from maskwatch.vision.cli import _quiet_opencv, user_errors
+    from maskwatch.vision.cli import _quiet_opencv, settings_from_options, user_errors
 
     _quiet_opencv()
     with user_errors():
-        over: dict = {"detector": {"detect_every": 1}, "models": {}}  # deterministic: detect every frame
-        if detector:
-            over["detector"]["backend"] = detector
-        if yunet_path:
-            over["detector"]["yunet_path"] = str(yunet_path)
-        if model_dir:
-            over["models"]["model_dir"] = str(model_dir)
-        if no_gender:
-            over["privacy"] = {"gender_enabled": False}
-        settings = apply_overrides(load_settings(config_file), over)
+        # deterministic: detect every frame
+        settings = settings_from_options(config_file, model_dir, yunet_path, detector, no_gender, 1)
         opts = BatchOptions(
             out=out,
             every_nth=every_nth,

@@ -60,6 +60,24 @@ def user_errors():
         raise click.ClickException(f"invalid setting {where}: {first.get('msg')}") from None
 
 
+def settings_from_options(config_file, model_dir, yunet_path, detector, no_gender, detect_every):
+    """The config file's settings with the `common_options` given on the command line applied."""
+    from maskwatch.config import apply_overrides, load_settings
+
+    over: dict = {"detector": {}, "models": {}}
+    if detector:
+        over["detector"]["backend"] = detector
+    if yunet_path:
+        over["detector"]["yunet_path"] = str(yunet_path)
+    if model_dir:
+        over["models"]["model_dir"] = str(model_dir)
+    if detect_every:
+        over["detector"]["detect_every"] = detect_every
+    if no_gender:
+        over["privacy"] = {"gender_enabled": False}
+    return apply_overrides(load_settings(config_file), over)
+
+
 def common_options(f):
     """--detector, --yunet, --model, --config, --no-gender, --detect-every (shared by detect and bench)."""
 
@@ -97,22 +115,10 @@ def common_options(f):
     @functools.wraps(f)
     def wrapper(*args, config_file, model_dir, yunet_path, detector, no_gender, detect_every, **kwargs):
         _quiet_opencv()
-        from maskwatch.config import apply_overrides, load_settings
-
         with user_errors():
-            settings = load_settings(config_file)
-            over: dict = {"detector": {}, "models": {}}
-            if detector:
-                over["detector"]["backend"] = detector
-            if yunet_path:
-                over["detector"]["yunet_path"] = str(yunet_path)
-            if model_dir:
-                over["models"]["model_dir"] = str(model_dir)
-            if detect_every:
-                over["detector"]["detect_every"] = detect_every
-            if no_gender:
-                over["privacy"] = {"gender_enabled": False}
-            settings = apply_overrides(settings, over)
+            settings = settings_from_options(
+                config_file, model_dir, yunet_path, detector, no_gender, detect_every
+            )
         return f(*args, settings=settings, detect_every=settings.detector.detect_every, **kwargs)
 
     return wrapper
