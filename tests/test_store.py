@@ -206,6 +206,21 @@ def test_outbox_claim_is_exclusive_and_recovery_never_resends(store):
     assert store.retry_message(mid) and store.get_message(mid).status == "queued"
 
 
+def test_claim_due_takes_oldest_due_once_and_release_gives_back_uncounted(store):
+    ids = [store.queue_mail(MailDraft(subject=f"m{i}", text="t", html="h")) for i in range(3)]
+    first = store.claim_due(2)
+    assert [m.id for m in first] == ids[:2] and {m.status for m in first} == {"sending"}
+    assert [m.attempts for m in first] == [1, 1]
+    assert [m.id for m in store.claim_due(5)] == [ids[2]]  # the claimed ones are nobody else's
+    assert store.claim_due(5) == []
+    later = datetime.now(UTC) + timedelta(hours=1)
+    store.release_message(ids[0], error="no recipients", next_attempt=later)
+    m = store.get_message(ids[0])
+    assert (m.status, m.attempts, m.last_error) == ("queued", 0, "no recipients")
+    assert store.claim_due(5) == []  # not due before `later`
+    assert [m.id for m in store.claim_due(5, now=later)] == [ids[0]]
+
+
 def test_users_and_tokens(store):
     assert not store.has_users()
     store.add_user("admin", "s3cret-pass")

@@ -50,3 +50,27 @@ def test_store_on_postgresql(pg_url, tmp_path):
     assert store.purge_older_than(1, now=t0 + timedelta(days=2)) == 1
     store.close()
     Store(pg_url, snapshots_dir=tmp_path / "snaps").close()  # reopening checks the schema version
+
+
+def test_claim_due_skips_rows_another_worker_has_locked(pg_url, tmp_path):
+    """`claim_due` reads FOR UPDATE SKIP LOCKED: a row another transaction holds is passed over at once
+    (no waiting on it, no second claim of it); it is claimable again once that transaction ends."""
+    import concurrent.futures
+
+    import sqlalchemy as sa
+
+    store = Store(pg_url, snapshots_dir=tmp_path / "snaps")
+    first, second = (store.queue_mail(MailDraft(f"m{i}", "t", "h")) for i in range(2))
+    engine = sa.create_engine(pg_url)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    with engine.connect() as other:
+        other.execute(sa.text("SELECT id FROM outbox WHERE id = :id FOR UPDATE"), {"id": first})
+        try:
+            claimed = pool.submit(store.claim_due, 1).result(timeout=20)  # a lock wait times out
+        finally:
+            other.rollback()  # lets a waiting claim go on, so the test fails instead of hanging
+            pool.shutdown()
+        assert [m.id for m in claimed] == [second]
+    assert [m.id for m in store.claim_due(5)] == [first] and store.claim_due(5) == []
+    engine.dispose()
+    store.close()

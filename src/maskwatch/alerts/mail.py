@@ -451,7 +451,7 @@ class MailWorker:
         with self._lock:
             try:
                 self.queue_digest_if_due()
-                due = self.store.due_messages(limit=batch)
+                due = self.store.due_messages(limit=1)  # a look only: nothing due, no connection
             except StoreError as exc:
                 self.health.update(mail_ok=False, mail_error=str(exc))
                 log.error("mail worker: %s", exc)
@@ -465,15 +465,26 @@ class MailWorker:
                 again = self.health["mail_error"] == str(exc)
                 log.log(logging.DEBUG if again else logging.ERROR, "email not sent: %s", exc)
                 self.health.update(mail_ok=False, mail_error=str(exc))
-                self.health["send_failures"] += len(due)
-                for msg in due:
-                    self._retry_later(msg, str(exc), count_attempt=True, permanent=exc.permanent)
+                try:
+                    claimed = self.store.claim_due(batch)  # each counts this failed attempt
+                except StoreError as store_exc:
+                    log.error("mail worker: %s", store_exc)
+                    return 0, False
+                self.health["send_failures"] += len(claimed)
+                for msg in claimed:
+                    self._retry_later(msg, str(exc), permanent=exc.permanent)
                 return 0, False
-            sent = 0
+            sent = tried = 0
             try:
-                for msg in due:
+                while tried < batch:
                     try:
-                        result = self._send_one(conn, msg)
+                        # one at a time, claimed just before it is handed to SMTP: a crash leaves at
+                        # most this one in doubt, and other workers take the next ones meanwhile
+                        claimed = self.store.claim_due(1)
+                        if not claimed:
+                            break
+                        tried += 1
+                        result = self._send_one(conn, claimed[0])
                     except StoreError as exc:
                         self.health.update(mail_ok=False, mail_error=str(exc))
                         log.error("mail worker: %s", exc)
@@ -483,18 +494,20 @@ class MailWorker:
                         break  # the rest stay queued for the next round
             finally:
                 _quit(conn)
-            return sent, len(due) == batch
+            return sent, tried == batch
 
     def _send_one(self, conn: smtplib.SMTP, msg: OutboxMessage) -> str:
-        """ "sent", "error" (recorded on the message) or "broken" (the connection is unusable)."""
+        """Send a message this worker has claimed: "sent", "error" (recorded on the message) or
+        "broken" (the connection is unusable)."""
         smtp = self.settings.smtp
         to = msg.to or list(smtp.recipients)
         if not to:
-            self._retry_later(msg, "no recipients configured (set smtp.recipients)")
+            later = utcnow() + timedelta(seconds=smtp.retry_initial_s)
+            self.store.release_message(
+                msg.id, error="no recipients configured (set smtp.recipients)", next_attempt=later
+            )
             return "error"
         em = build_message(smtp, msg, self.store, to)
-        if not self.store.claim_message(msg.id):
-            return "error"  # another worker has it
         try:
             _send(conn, smtp, em, to)
         except MailError as exc:
@@ -506,7 +519,7 @@ class MailWorker:
                     msg.id, status="failed", error=f"{exc} (may have been delivered; not retried)"
                 )
             else:
-                self._retry_later(msg, str(exc), attempts=msg.attempts + 1, permanent=exc.permanent)
+                self._retry_later(msg, str(exc), permanent=exc.permanent)
             return "broken" if exc.broken else "error"
         try:
             self.store.finish_message(msg.id, status="sent")
@@ -516,31 +529,19 @@ class MailWorker:
         log.info("email %d sent to %s: %s", msg.id, ", ".join(to), msg.subject)
         return "sent"
 
-    def _retry_later(
-        self,
-        msg: OutboxMessage,
-        error: str,
-        *,
-        count_attempt: bool = False,
-        attempts: int | None = None,
-        permanent: bool = False,
-    ) -> None:
+    def _retry_later(self, msg: OutboxMessage, error: str, *, permanent: bool = False) -> None:
+        """A claimed message whose attempt failed: queued again after a back-off, or failed for good
+        (a permanent error, or `smtp.max_attempts` reached; its claim counted the attempt)."""
         smtp = self.settings.smtp
-        n = attempts if attempts is not None else msg.attempts + (1 if count_attempt else 0)
+        n = msg.attempts
         try:
             if permanent or n >= smtp.max_attempts:
                 why = "permanent error" if permanent else f"gave up after {n} attempts"
-                self.store.finish_message(
-                    msg.id, status="failed", error=f"{error} ({why})", count_attempt=count_attempt
-                )
+                self.store.finish_message(msg.id, status="failed", error=f"{error} ({why})")
                 return
             delay = min(smtp.retry_max_s, smtp.retry_initial_s * 2 ** max(n - 1, 0))
             self.store.finish_message(
-                msg.id,
-                status="queued",
-                error=error,
-                next_attempt=utcnow() + timedelta(seconds=delay),
-                count_attempt=count_attempt,
+                msg.id, status="queued", error=error, next_attempt=utcnow() + timedelta(seconds=delay)
             )
         except StoreError as exc:
             log.error("cannot update email %d in the outbox: %s", msg.id, exc)

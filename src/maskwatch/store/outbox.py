@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, func, select, update
 from sqlalchemy.orm import Session
 
 from maskwatch.store.base import StoreBase, _changed, utcnow
@@ -87,6 +87,15 @@ def _queue(session: Session, draft: MailDraft, event_ids: list[int], now: dateti
     return row
 
 
+def _claim(message_id: int) -> Update:
+    """queued -> sending, one more attempt, `next_attempt` holding the claim time (for recovery)."""
+    return (
+        update(OutboxRow)
+        .where(OutboxRow.id == message_id, OutboxRow.status == "queued")
+        .values(status="sending", attempts=OutboxRow.attempts + 1, next_attempt=utcnow())
+    )
+
+
 class OutboxSection(StoreBase):
     def queue_mail(
         self, draft: MailDraft, *, event_ids: Iterable[int] = (), now: datetime | None = None
@@ -131,21 +140,53 @@ class OutboxSection(StoreBase):
         )
         return self._run("reading the outbox", lambda s: [_message(r) for r in s.scalars(q)])
 
+    def claim_due(self, limit: int = 1, now: datetime | None = None) -> list[OutboxMessage]:
+        """Claim up to `limit` due queued messages, oldest first: each becomes `sending` (attempts + 1,
+        claimed now) and is this caller's alone. On PostgreSQL the rows are read `FOR UPDATE SKIP
+        LOCKED`, so workers polling one outbox take different messages instead of waiting on each other;
+        the conditional update is the guard everywhere (SQLite has no row locks but one writer)."""
+        now = now or utcnow()
+        due = (
+            select(OutboxRow.id)
+            .where(OutboxRow.status == "queued", OutboxRow.next_attempt <= now)
+            .order_by(OutboxRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+
+        def write(session: Session) -> list[OutboxMessage]:
+            claimed = []
+            for message_id in list(session.scalars(due)):
+                if _changed(session, _claim(message_id)) == 1:
+                    claimed.append(message_id)
+            rows = session.scalars(select(OutboxRow).where(OutboxRow.id.in_(claimed)).order_by(OutboxRow.id))
+            return [_message(r) for r in rows]
+
+        return self._run("claiming emails", write)
+
+    def release_message(self, message_id: int, *, error: str, next_attempt: datetime) -> None:
+        """Give a claimed message back unsent and without counting the attempt (nothing was tried:
+        e.g. no recipients configured); it is due again at `next_attempt`."""
+        self._run(
+            "updating the outbox",
+            lambda s: _changed(
+                s,
+                update(OutboxRow)
+                .where(OutboxRow.id == message_id, OutboxRow.status == "sending")
+                .values(
+                    status="queued",
+                    attempts=OutboxRow.attempts - 1,
+                    last_error=error,
+                    next_attempt=next_attempt,
+                ),
+            ),
+        )
+
     def claim_message(self, message_id: int) -> bool:
         """Mark a queued message `sending` (attempts + 1). True if this caller got it: only one sender
         can, so a message is handed to SMTP at most once even with several workers."""
 
-        def write(session: Session) -> bool:
-            claim = (
-                update(OutboxRow)
-                .where(OutboxRow.id == message_id, OutboxRow.status == "queued")
-                .values(
-                    status="sending", attempts=OutboxRow.attempts + 1, next_attempt=utcnow()
-                )  # claim time
-            )
-            return _changed(session, claim) == 1
-
-        return self._run("claiming an email", write)
+        return self._run("claiming an email", lambda s: _changed(s, _claim(message_id)) == 1)
 
     def finish_message(
         self,
@@ -155,7 +196,6 @@ class OutboxSection(StoreBase):
         error: str | None = None,
         next_attempt: datetime | None = None,
         now: datetime | None = None,
-        count_attempt: bool = False,
     ) -> None:
         """Record the outcome of a send: sent, failed, or queued again for `next_attempt`."""
         if status not in MAIL_STATUSES:
@@ -169,8 +209,6 @@ class OutboxSection(StoreBase):
             row.status = status
             row.last_error = error
             row.next_attempt = next_attempt
-            if count_attempt:
-                row.attempts += 1
             if status == "sent":
                 row.sent_at = now
             if row.event_ids and status in ("sent", "failed"):
