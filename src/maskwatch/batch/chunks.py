@@ -39,6 +39,7 @@ class Video:
     frames: int
     fps: float
     key: str  # identity of the file and of the analysis: names its chunk folder
+    pixels: int = 0  # width x height (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ class Chunk:
         end = self.video.frames if self.end is None else self.end
         n = self.every_nth
         return max(0, (end + n - 1) // n - (self.start + n - 1) // n)
+
+    @property
+    def cost(self) -> float:
+        """Rough work of the chunk, to schedule the longest first: the detector's cost grows with the
+        pixels it sees, and frames below 640 x 360 are upscaled to about that size."""
+        return self.analysed * max(self.video.pixels, 640 * 360)
 
     def file(self, chunk_root: Path) -> Path:
         return chunk_root / f"{Path(self.video.name).name}-{self.video.key}" / f"{self.number:04d}.jsonl"
@@ -150,7 +157,8 @@ def analyse(chunk: Chunk, settings: Settings) -> str:
 
     detector, classifier = load_models(settings)
     tasks = analysis_tasks(classifier, settings)
-    cap = cv2.VideoCapture(chunk.video.path, cv2.CAP_FFMPEG)
+    # one decoding thread too: FFmpeg would otherwise start one per core in every worker
+    cap = cv2.VideoCapture(chunk.video.path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     if not cap.isOpened():
         raise RuntimeError(f"cannot open video {chunk.video.path}")
     lines = []

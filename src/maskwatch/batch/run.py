@@ -49,10 +49,11 @@ def probe(path: str, name: str, settings: Settings, opts: BatchOptions) -> tuple
     if not cap.isOpened():
         raise ValueError(f"cannot open video {path} (corrupt or unsupported format)")
     frames, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), cap.get(cv2.CAP_PROP_FPS) or 25.0
+    pixels = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0) * int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
     cap.release()
     chunk_frames = max(1, round(opts.chunk_seconds * fps))
     key = analysis_key(path, settings, opts.every_nth, chunk_frames)
-    return Video(path, name, max(frames, 0), fps, key), chunk_frames
+    return Video(path, name, max(frames, 0), fps, key, pixels), chunk_frames
 
 
 class Progress:
@@ -142,6 +143,8 @@ def run_batch(inputs: list[str], settings: Settings, opts: BatchOptions) -> dict
         video, chunk_frames = probe(path, name, settings, opts)
         plans.append((video, plan(video, chunk_frames, opts.every_nth)))
     todo = [c for _, chunks in plans for c in chunks if not c.file(chunk_root).is_file()]
+    # longest first: the workers then finish together instead of one waiting on a long last chunk
+    todo.sort(key=lambda c: c.cost, reverse=True)
     total = sum(c.analysed for _, chunks in plans for c in chunks)
     skipped = sum(len(chunks) for _, chunks in plans) - len(todo)
     if skipped:
@@ -150,7 +153,8 @@ def run_batch(inputs: list[str], settings: Settings, opts: BatchOptions) -> dict
     _, classifier = load_models(settings)
     t0 = time.monotonic()
     run, close = _ray(settings, opts.ray_address) if opts.ray_address else _local(settings, opts.workers)
-    left = {v.key: sum(1 for c in chunks if c in todo) for v, chunks in plans}
+    pending = set(todo)
+    left = {v.key: sum(1 for c in chunks if c in pending) for v, chunks in plans}
     progress = Progress(total, total - sum(c.analysed for c in todo))
     reports = {}
     try:
