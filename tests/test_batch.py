@@ -42,12 +42,9 @@ def models(yunet_path: Path) -> list[str]:
     return ["--detector", "yunet", "--yunet", str(yunet_path)]
 
 
-@pytest.fixture(scope="module")
-def every2(tmp_path_factory, clip: Path, models: list[str]) -> Path:
-    """An uninterrupted local run, every 2nd frame, 0.5 s chunks, with the statistics in a store."""
-    out = tmp_path_factory.mktemp("every2")
-    db = out / "stats.db"
-    _run(
+def every2_args(clip: Path, out: Path, models: list[str], *where: str) -> list[str]:
+    """`batch` on `clip` into `out`, every 2nd frame, 0.5 s chunks; `where`: workers, Ray, store."""
+    return [
         "batch",
         str(clip),
         "--out",
@@ -56,13 +53,28 @@ def every2(tmp_path_factory, clip: Path, models: list[str]) -> Path:
         "2",
         "--chunk-seconds",
         "0.5",
-        "--workers",
-        "2",
-        "--store",
-        f"sqlite:///{db}",
-        "--start",
-        "2026-03-01T12:00:30",
+        *where,
         *models,
+    ]
+
+
+@pytest.fixture(scope="module")
+def every2(tmp_path_factory, clip: Path, models: list[str]) -> Path:
+    """An uninterrupted local run, every 2nd frame, 0.5 s chunks, with the statistics in a store."""
+    out = tmp_path_factory.mktemp("every2")
+    db = out / "stats.db"
+    _run(
+        *every2_args(
+            clip,
+            out,
+            models,
+            "--workers",
+            "2",
+            "--store",
+            f"sqlite:///{db}",
+            "--start",
+            "2026-03-01T12:00:30",
+        )
     )
     return out
 
@@ -84,20 +96,7 @@ def test_batch_equals_detect(tmp_path: Path, clip: Path, models: list[str]) -> N
 
 def test_resume_after_kill(tmp_path: Path, clip: Path, models: list[str], every2: Path) -> None:
     out = tmp_path / "killed"
-    args = [
-        MASKWATCH,
-        "batch",
-        str(clip),
-        "--out",
-        str(out),
-        "--every-nth",
-        "2",
-        "--chunk-seconds",
-        "0.5",
-        "--workers",
-        "1",
-        *models,
-    ]
+    args = [MASKWATCH, *every2_args(clip, out, models, "--workers", "1")]
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -133,17 +132,5 @@ def test_store_statistics(every2: Path, clip: Path) -> None:
 def test_batch_on_ray(tmp_path: Path, clip: Path, models: list[str], every2: Path) -> None:
     out = tmp_path / "ray"
     with local_ray_cluster(tmp_path, nodes=2, cpus_per_node=1) as cluster:
-        _run(
-            "batch",
-            str(clip),
-            "--out",
-            str(out),
-            "--every-nth",
-            "2",
-            "--chunk-seconds",
-            "0.5",
-            "--ray",
-            cluster.address,
-            *models,
-        )
+        _run(*every2_args(clip, out, models, "--ray", cluster.address))
     assert _frames(out / f"{clip.stem}.jsonl") == _frames(every2 / f"{clip.stem}.jsonl")

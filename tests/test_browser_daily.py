@@ -16,24 +16,19 @@ import cv2
 import pytest
 
 from smtp_sink import SmtpSink, free_port
-from web_helpers import PASSWORD, face_tiles, jpeg, make_app, scene, seed_history, write_clip
+from web_helpers import (
+    PASSWORD,
+    browser_test,
+    face_tiles,
+    jpeg,
+    launch_chromium,
+    make_app,
+    scene,
+    seed_history,
+    write_clip,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium"),
-]
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
+pytestmark = browser_test
 SCREENS = Path("/tmp/screens")
 T_EVENT = datetime(2026, 7, 1, 12, 0, 0, tzinfo=UTC)
 WIDE = "() => document.documentElement.scrollWidth - window.innerWidth"
@@ -102,7 +97,7 @@ def page(app_server):
     base, _, rt = app_server
     SCREENS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        browser = launch_chromium(p)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         context.set_default_timeout(15_000)
         pg = context.new_page()
@@ -190,7 +185,7 @@ def test_acknowledge_and_delete(page, app_server):
     page.click("dialog.viewer img")
     assert page.locator("dialog.viewer.zoomed").count() == 1
     page.click("dialog.viewer button")
-    assert page.locator("dialog.viewer").count() == 0
+    page.locator("dialog.viewer").wait_for(state="detached")  # removed on its (asynchronous) close event
     ids = [e.id for e in store.list_events(limit=100)[0]]
     victim = next(i for i in ids if i != event_id)
     snapshot = store.snapshot_file(store.get_event(victim))

@@ -24,18 +24,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from smtp_sink import free_port
-from web_helpers import ARTIFACTS, PASSWORD, login, shared_yunet
+from web_helpers import ARTIFACTS, PASSWORD, launch_chromium, login, needs_chromium, shared_yunet
 
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 NAMES = [f"c{i}" for i in range(16)]
 SIZE = (160, 120)
 
@@ -168,13 +158,13 @@ def test_live_socket_frames_and_states(server, cookie):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium")
+@needs_chromium
 def test_live_page_16_cameras_one_connection(server, cookie):
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        browser = launch_chromium(p)
         try:
             _check_live_page(browser, server)
         finally:

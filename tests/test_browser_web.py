@@ -24,31 +24,18 @@ from vision_helpers import GREEN, RED
 from web_helpers import (
     ARTIFACTS,
     PASSWORD,
+    browser_test,
     bundled_models,
     face_tiles,
     jpeg,
+    launch_chromium,
     scene,
     seed_history,
     shared_yunet,
     write_y4m,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium"),
-]
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
+pytestmark = browser_test
 
 
 @pytest.fixture(scope="session")
@@ -147,11 +134,7 @@ def browser(tmp_path_factory, cam_tiles):
     y4m = write_y4m(tmp_path_factory.mktemp("cam") / "webcam.y4m", [scene(cam_tiles)] * 2)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[*BROWSER_ARGS, f"--use-file-for-fake-video-capture={y4m}"],
-        )
+        b = launch_chromium(p, f"--use-file-for-fake-video-capture={y4m}")
         yield b
         b.close()
 

@@ -4,6 +4,7 @@ with its last will, Home Assistant discovery, and a broker outage (0 events lost
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -132,13 +134,22 @@ def tiles():
     return t
 
 
+@contextlib.contextmanager
+def running_broker(d: Path, listener: str = "", anonymous: bool = True) -> Iterator[Broker]:
+    """A `Broker` in the new folder `d`, started, stopped at the end."""
+    d.mkdir()
+    b = Broker(d, listener, anonymous=anonymous)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
 @pytest.fixture
 def broker(tmp_path):
-    (tmp_path / "broker").mkdir()
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path / "broker") as b:
+        yield b
 
 
 def monitor_for(tmp_path: Path, port: int, cameras: list | None = None, url: str | None = None, **mqtt_extra):
@@ -347,14 +358,10 @@ def assert_never_waits(monitor: Monitor, image) -> list:
 
 @pytest.fixture
 def auth_broker(tmp_path):
-    d = tmp_path / "auth-broker"
-    d.mkdir()
-    passwd = d / "passwd"
+    passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD], check=True)
-    b = Broker(d, f"password_file {passwd}", anonymous=False)
-    b.start()
-    yield b
-    b.stop()
+    with running_broker(tmp_path / "auth-broker", f"password_file {passwd}", anonymous=False) as b:
+        yield b
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd")
@@ -434,61 +441,57 @@ def test_mqtts_with_a_ca_file(tmp_path, tiles, caplog):
     ca = make_ca(pki, "maskwatch-test-ca")
     other_ca = make_ca(pki, "someone-else")
     cert, key = make_server_cert(pki, ca)
-    d = tmp_path / "tls-broker"
-    d.mkdir()
-    broker = Broker(d, f"certfile {cert}\nkeyfile {key}")
-    broker.start()
-    image = scene(tiles, faces=("unmasked",))
-    url = f"mqtts://127.0.0.1:{broker.port}"
-    sub = Subscriber(broker.port, ca=ca[0])
-    try:
-        monitor, store = monitor_for(tmp_path / "right", broker.port, url=url, ca_file=str(ca[0]))
-        monitor.start()
+    with running_broker(tmp_path / "tls-broker", f"certfile {cert}\nkeyfile {key}") as broker:
+        image = scene(tiles, faces=("unmasked",))
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        sub = Subscriber(broker.port, ca=ca[0])
         try:
-            assert sub.wait(lambda: b"online" in sub.on("mwtest/status"))
-            events = alert_once(monitor, image)
-            got = sub.wait(lambda: sub.on("mwtest/events"))
-            assert [json.loads(p)["id"] for p in got] == [e.id for e in events]
-        finally:
-            monitor.stop()
-            store.close()
+            monitor, store = monitor_for(tmp_path / "right", broker.port, url=url, ca_file=str(ca[0]))
+            monitor.start()
+            try:
+                assert sub.wait(lambda: b"online" in sub.on("mwtest/status"))
+                events = alert_once(monitor, image)
+                got = sub.wait(lambda: sub.on("mwtest/events"))
+                assert [json.loads(p)["id"] for p in got] == [e.id for e in events]
+            finally:
+                monitor.stop()
+                store.close()
 
-        # a CA that did not sign the broker's certificate, or none (the system CAs): refused, logged
-        for name, ca_file in (("other", str(other_ca[0])), ("system", None)):
-            caplog.clear()
-            monitor, store = monitor_for(tmp_path / name, broker.port, url=url, ca_file=ca_file)
+            # a CA that did not sign the broker's certificate, or none (the system CAs): refused, logged
+            for name, ca_file in (("other", str(other_ca[0])), ("system", None)):
+                caplog.clear()
+                monitor, store = monitor_for(tmp_path / name, broker.port, url=url, ca_file=ca_file)
+                monitor.start()
+                try:
+                    assert_never_waits(monitor, image)
+                    publisher = monitor.mqtt
+                    assert publisher is not None
+                    assert sub.wait(lambda p=publisher: p.health["last_error"], timeout=10)
+                    assert not publisher.health["connected"] and publisher.health["pending"] == 1
+                    assert "certificate verify failed" in publisher.health["last_error"], publisher.health
+                    errors = [r.getMessage() for r in caplog.records if r.name == mw_mqtt.__name__]
+                    assert any("certificate verify failed" in m for m in errors), errors
+                finally:
+                    monitor.stop()
+                    store.close()
+            assert len(sub.on("mwtest/events")) == 1  # nothing came through the refused connections
+
+            # an unreadable ca_file: logged, the monitor runs on; fixing the setting connects
+            missing = tmp_path / "missing-ca.pem"
+            monitor, store = monitor_for(tmp_path / "missing", broker.port, url=url, ca_file=str(missing))
             monitor.start()
             try:
                 assert_never_waits(monitor, image)
                 publisher = monitor.mqtt
-                assert publisher is not None
-                assert sub.wait(lambda p=publisher: p.health["last_error"], timeout=10)
-                assert not publisher.health["connected"] and publisher.health["pending"] == 1
-                assert "certificate verify failed" in publisher.health["last_error"], publisher.health
-                errors = [r.getMessage() for r in caplog.records if r.name == mw_mqtt.__name__]
-                assert any("certificate verify failed" in m for m in errors), errors
+                assert publisher is not None and str(missing) in (publisher.health["last_error"] or "")
+                publisher.update_settings(
+                    publisher.settings.model_copy(
+                        update={"mqtt": publisher.settings.mqtt.model_copy(update={"ca_file": ca[0]})}
+                    )
+                )
+                assert sub.wait(lambda: len(sub.on("mwtest/events")) == 2)  # the pending event, now
             finally:
                 monitor.stop()
                 store.close()
-        assert len(sub.on("mwtest/events")) == 1  # nothing came through the refused connections
-
-        # an unreadable ca_file: logged, the monitor runs on; fixing the setting connects
-        missing = tmp_path / "missing-ca.pem"
-        monitor, store = monitor_for(tmp_path / "missing", broker.port, url=url, ca_file=str(missing))
-        monitor.start()
-        try:
-            assert_never_waits(monitor, image)
-            publisher = monitor.mqtt
-            assert publisher is not None and str(missing) in (publisher.health["last_error"] or "")
-            publisher.update_settings(
-                publisher.settings.model_copy(
-                    update={"mqtt": publisher.settings.mqtt.model_copy(update={"ca_file": ca[0]})}
-                )
-            )
-            assert sub.wait(lambda: len(sub.on("mwtest/events")) == 2)  # the pending event, now
         finally:
-            monitor.stop()
-            store.close()
-    finally:
-        sub.close()
-        broker.stop()
+            sub.close()

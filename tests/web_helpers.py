@@ -17,6 +17,27 @@ MASKED = "mask/facemask12k/test/with_mask/test_45.jpg"  # relative to ../shared/
 UNMASKED = "mask/facemask12k/test/without_mask/test_1148.jpg"
 PASSWORD = "correct horse battery"
 FAST_ALERTS = {"min_frames": 3, "min_seconds": 0.0, "min_confidence": 0.6}  # alert settings for quick tests
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own browsers are never installed
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Debian chromium at {CHROMIUM}")
+browser_test = [pytest.mark.browser, needs_chromium]  # a module's `pytestmark`
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--use-fake-ui-for-media-stream",  # camera permission granted, a fake camera device
+    "--use-fake-device-for-media-stream",
+]
+
+
+def launch_chromium(playwright, *extra_args: str):
+    """Headless Debian Chromium through Playwright (`extra_args`: e.g. a fake-webcam file)."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_ARGS, *extra_args]
+    )
 
 
 def bundled_models() -> bool:

@@ -31,8 +31,7 @@ import numpy as np
 from maskwatch.cluster.actor import CameraActor, Sighting
 from maskwatch.config import CameraSettings, Settings
 from maskwatch.monitor.engine import Monitor
-from maskwatch.monitor.stream import FrameDone, FrameObserver, Subscribers, placeholder_jpeg
-from maskwatch.sources import redact_source
+from maskwatch.monitor.stream import FrameDone, FrameObserver, Subscribers, idle_health, placeholder_jpeg
 from maskwatch.store import Event
 from maskwatch.types import FrameResult
 
@@ -64,16 +63,7 @@ class RemoteCamera:
         self._wanted_until = 0.0
         self._stopped = False
         self._unreachable_since: float | None = None
-        self._health: dict[str, Any] = {
-            "name": cam.name,
-            "source": redact_source(cam.source),
-            "state": "starting",
-            "error": None,
-            "fps": 0.0,
-            "frames": 0,
-            "dropped": 0,
-            "counts": {},
-        }
+        self._health: dict[str, Any] = idle_health(cam, "starting")
 
     @property
     def name(self) -> str:

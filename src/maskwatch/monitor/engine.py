@@ -36,8 +36,7 @@ from maskwatch.config import CameraSettings, Settings, apply_overrides
 from maskwatch.monitor.models import Models
 from maskwatch.monitor.reader import FrameReader, Opener
 from maskwatch.monitor.session import StreamSession
-from maskwatch.monitor.stream import Camera, CameraStream, FrameObserver
-from maskwatch.sources import redact_source
+from maskwatch.monitor.stream import Camera, CameraStream, FrameObserver, idle_health
 from maskwatch.store import Event, Store
 from maskwatch.types import FrameResult
 
@@ -256,16 +255,7 @@ class Monitor:
             if stream is not None:
                 d = stream.snapshot()
             else:
-                d = {
-                    "name": cam.name,
-                    "source": redact_source(cam.source),
-                    "state": "disabled" if not cam.enabled else "stopped",
-                    "error": None,
-                    "fps": 0.0,
-                    "frames": 0,
-                    "dropped": 0,
-                    "counts": {},
-                }
+                d = idle_health(cam, "disabled" if not cam.enabled else "stopped")
             d["enabled"] = cam.enabled
             d["quiet_hours"] = cam.quiet_hours
             out.append(d)

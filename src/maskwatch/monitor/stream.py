@@ -47,6 +47,20 @@ def placeholder_jpeg(text: str, size: tuple[int, int] = (640, 360)) -> bytes:
     return encode_jpeg(img, 70)
 
 
+def idle_health(cam: CameraSettings, state: str) -> dict[str, Any]:
+    """The public state of a camera that has no frames yet (starting, stopped, disabled)."""
+    return {
+        "name": cam.name,
+        "source": redact_source(cam.source),
+        "state": state,
+        "error": None,
+        "fps": 0.0,
+        "frames": 0,
+        "dropped": 0,
+        "counts": {},
+    }
+
+
 def counts(result: FrameResult, *, gender: bool) -> dict[str, int]:
     """Live counters for one frame."""
     c = Counter(f.mask.label for f in result.faces)

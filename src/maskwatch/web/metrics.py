@@ -13,7 +13,7 @@ never a face image, never a user.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -142,17 +142,12 @@ class StateCollector(Collector):
         )
 
     def _mail(self) -> Iterable[Metric]:
-        depth = GaugeMetricFamily(
-            "maskwatch_mail_outbox_messages", "Emails in the outbox by status", labels=["status"]
+        yield from _queue_depth(
+            "maskwatch_mail_outbox_messages",
+            "Emails in the outbox by status",
+            OUTBOX_STATUSES,
+            self.runtime.store.list_outbox,
         )
-        try:
-            for status in OUTBOX_STATUSES:
-                _, total = self.runtime.store.list_outbox(status=status, limit=0)
-                depth.add_metric([status], float(total))
-        except Exception as exc:  # noqa: BLE001 - a scrape must answer while the database is away
-            log.warning("metrics: outbox counts unavailable: %s", exc)
-        else:
-            yield depth
         mailer = self.runtime.monitor.mailer
         health = dict(getattr(mailer, "health", None) or {})
         if health.get("mail_ok") is not None:
@@ -167,17 +162,12 @@ class StateCollector(Collector):
     def _webhooks(self) -> Iterable[Metric]:
         """The delivery queue by status (all webhooks together: a webhook's URL may hold a token), and
         this process's failed POST attempts."""
-        depth = GaugeMetricFamily(
-            "maskwatch_webhook_deliveries", "Webhook deliveries in the queue by status", labels=["status"]
+        yield from _queue_depth(
+            "maskwatch_webhook_deliveries",
+            "Webhook deliveries in the queue by status",
+            WEBHOOK_STATUSES,
+            self.runtime.store.list_webhook_deliveries,
         )
-        try:
-            for status in WEBHOOK_STATUSES:
-                _, total = self.runtime.store.list_webhook_deliveries(status=status, limit=0)
-                depth.add_metric([status], float(total))
-        except Exception as exc:  # noqa: BLE001 - a scrape must answer while the database is away
-            log.warning("metrics: webhook delivery counts unavailable: %s", exc)
-        else:
-            yield depth
         worker = self.runtime.monitor.webhooks
         if worker is not None:
             health = dict(worker.health)
@@ -186,6 +176,22 @@ class StateCollector(Collector):
                 "Failed webhook delivery attempts (each retry, and each delivery given up)",
                 value=float(health.get("retries", 0) + health.get("failed", 0)),
             )
+
+
+def _queue_depth(
+    name: str, doc: str, statuses: Iterable[str], list_rows: Callable[..., tuple[Any, int]]
+) -> Iterable[Metric]:
+    """A gauge of a store queue's rows per status (`list_rows(status=, limit=0)` gives the count);
+    nothing when the database does not answer: a scrape must still succeed."""
+    depth = GaugeMetricFamily(name, doc, labels=["status"])
+    try:
+        for status in statuses:
+            _, total = list_rows(status=status, limit=0)
+            depth.add_metric([status], float(total))
+    except Exception as exc:  # noqa: BLE001 - a scrape must answer while the database is away
+        log.warning("metrics: %s unavailable: %s", name, exc)
+    else:
+        yield depth
 
 
 class AppMetrics:
