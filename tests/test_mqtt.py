@@ -347,6 +347,20 @@ def connack(port: int, auth: tuple[str, str] | None = None) -> str:
     return got[0] if got else "no answer"
 
 
+def assert_alert_published(tmp_path: Path, port: int, sub: Subscriber, image, **mqtt_extra) -> None:
+    """A monitor with these MQTT settings comes online and publishes its one alert's event to `sub`."""
+    monitor, store = monitor_for(tmp_path, port, **mqtt_extra)
+    monitor.start()
+    try:
+        assert sub.wait(lambda: b"online" in sub.on("mwtest/status"))
+        events = alert_once(monitor, image)
+        got = sub.wait(lambda: sub.on("mwtest/events"))
+        assert [json.loads(p)["id"] for p in got] == [e.id for e in events]
+    finally:
+        monitor.stop()
+        store.close()
+
+
 def assert_never_waits(monitor: Monitor, image) -> list:
     """Alerts while the publisher cannot deliver: each frame as fast as usual (no network wait)."""
     times: list[float] = []
@@ -372,16 +386,7 @@ def test_credentials_in_the_url(tmp_path, tiles, auth_broker, caplog):
     sub = Subscriber(port, auth=(USER, PASSWORD))
     image = scene(tiles, faces=("unmasked",))
     url = f"mqtt://{quote(USER)}:{quote(PASSWORD, safe='')}@127.0.0.1:{port}"
-    monitor, store = monitor_for(tmp_path / "right", port, url=url)
-    monitor.start()
-    try:
-        assert sub.wait(lambda: b"online" in sub.on("mwtest/status"))
-        events = alert_once(monitor, image)
-        got = sub.wait(lambda: sub.on("mwtest/events"))
-        assert [json.loads(p)["id"] for p in got] == [e.id for e in events]
-    finally:
-        monitor.stop()
-        store.close()
+    assert_alert_published(tmp_path / "right", port, sub, image, url=url)
 
     wrong = url.replace(quote(PASSWORD, safe=""), "wrong")
     monitor, store = monitor_for(tmp_path / "wrong", port, url=wrong)
@@ -446,16 +451,7 @@ def test_mqtts_with_a_ca_file(tmp_path, tiles, caplog):
         url = f"mqtts://127.0.0.1:{broker.port}"
         sub = Subscriber(broker.port, ca=ca[0])
         try:
-            monitor, store = monitor_for(tmp_path / "right", broker.port, url=url, ca_file=str(ca[0]))
-            monitor.start()
-            try:
-                assert sub.wait(lambda: b"online" in sub.on("mwtest/status"))
-                events = alert_once(monitor, image)
-                got = sub.wait(lambda: sub.on("mwtest/events"))
-                assert [json.loads(p)["id"] for p in got] == [e.id for e in events]
-            finally:
-                monitor.stop()
-                store.close()
+            assert_alert_published(tmp_path / "right", broker.port, sub, image, url=url, ca_file=str(ca[0]))
 
             # a CA that did not sign the broker's certificate, or none (the system CAs): refused, logged
             for name, ca_file in (("other", str(other_ca[0])), ("system", None)):

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ray_cluster import local_ray_cluster  # noqa: E402
+from web_bench import print_report  # noqa: E402
 
 YUNET = Path("../shared/models/face_detection_yunet.onnx")
 MASKWATCH = str(Path(sys.executable).with_name("maskwatch"))
@@ -84,12 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     report: dict = {"every_nth": args.every_nth, "chunk_seconds": args.chunk_seconds, "settings": {}}
     names = args.settings.split(",")
+    parsed = {name: re.fullmatch(r"(local|ray|apart)([1-9]\d*)", name) for name in names}
+    if bad := [name for name, m in parsed.items() if m is None]:
+        raise SystemExit(f"unknown setting(s) {', '.join(bad)}: localK, rayK or apartK")
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(args.runs):  # interleaved, so a drift in the machine's load hits every setting alike
         for name in names:
-            kind, count = name.rstrip("0123456789"), int(name[len(name.rstrip("0123456789")) :] or 0)
-            if kind not in ("local", "ray", "apart") or count < 1:
-                raise SystemExit(f"unknown setting {name!r}: localK, rayK or apartK")
+            kind, count = parsed[name][1], int(parsed[name][2])
             with contextlib.ExitStack() as stack:
                 where = ["--workers", "1" if kind == "apart" else str(count)]
                 if kind == "ray":
@@ -110,10 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         if two in s and one in s:
             ratio = s[two]["median_frames_per_s"] / s[one]["median_frames_per_s"]
             report[f"{two}_over_{one}"] = round(ratio, 2)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    print_report(report, args.json_out)
     return report
 
 

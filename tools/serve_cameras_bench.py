@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from web_bench import Server, _summary, health_probe
+from web_bench import Server, _summary, health_probe, print_report
 
 YUNET = Path("../shared/models/face_detection_yunet.onnx")
 
@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         "server_peak_rss_mb": round(rss / 1024, 1),
         "health_ms": _summary(health),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    print_report(report, args.json_out)
     return report
 
 

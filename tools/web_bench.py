@@ -45,6 +45,14 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
+def print_report(report: dict, json_out: str | None) -> None:
+    """A benchmark's report as JSON on stdout and, when asked (`--json FILE`), in that file."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if json_out:
+        Path(json_out).write_text(text + "\n")
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {
         "n": len(values),
@@ -354,10 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
         <= 50,
     }
     report["targets_met"] = targets
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    print_report(report, args.json_out)
     return report
 
 

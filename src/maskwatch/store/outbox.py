@@ -185,7 +185,6 @@ class OutboxSection(StoreBase):
     def claim_message(self, message_id: int) -> bool:
         """Mark a queued message `sending` (attempts + 1). True if this caller got it: only one sender
         can, so a message is handed to SMTP at most once even with several workers."""
-
         return self._run("claiming an email", lambda s: _changed(s, _claim(message_id)) == 1)
 
     def finish_message(
